@@ -1,0 +1,1 @@
+"""The trio shell: owns the tap fd and host sockets, runs the core's actions."""
