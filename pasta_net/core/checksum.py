@@ -1,0 +1,45 @@
+"""The Internet checksum (RFC 1071) and the IPv4/IPv6 pseudo-headers.
+
+The ones'-complement sum of 16-bit words equals the big-endian integer value of the
+data taken modulo 0xFFFF (2**16 ≡ 1 mod 0xFFFF), so ``int.from_bytes`` does the whole
+sum in C: about 5 Gbit/s per core here, against a few Mbit/s for a Python loop. The
+only difference from a word loop is that a sum of 0xFFFF comes out as 0; both are
+ones'-complement zero, and receivers accept either.
+
+On the tap the kernel completes checksums for us (virtio-net ``NEEDS_CSUM``), so the
+full sum over payloads is needed only in passt mode and for small control frames.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["checksum", "fold", "pseudo_header_sum", "sum16"]
+
+_V4_PSEUDO = struct.Struct("!4s4sxBH")
+_V6_PSEUDO = struct.Struct("!16s16sI3xB")
+
+
+def sum16(data: bytes | bytearray | memoryview) -> int:
+    """Ones'-complement sum of ``data`` (odd length is padded with a zero byte), unfolded."""
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return value % 0xFFFF
+
+
+def fold(total: int) -> int:
+    """Turn a sum of partial :func:`sum16` values into the checksum field value."""
+    return ~(total % 0xFFFF) & 0xFFFF
+
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    """The Internet checksum of ``data`` (IPv4 header, ICMPv4)."""
+    return fold(sum16(data))
+
+
+def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
+    """Partial sum of the IPv4 (4-byte addresses) or IPv6 pseudo-header."""
+    if len(src) == 4:
+        return sum16(_V4_PSEUDO.pack(src, dst, proto, length))
+    return sum16(_V6_PSEUDO.pack(src, dst, length, proto))
