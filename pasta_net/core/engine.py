@@ -1,0 +1,286 @@
+"""The engine: frames from the namespace and socket events in, actions out.
+
+Theory of operation
+-------------------
+The shell calls :meth:`Engine.receive_frames` with a batch of Ethernet frames read from
+the tap (or the qemu socket) and the current time, and executes the returned actions.
+Results of those actions (data read from host sockets, bytes accepted by ``sendmsg``,
+connects that completed) come back through the other public methods. Time is always an
+argument: the engine never reads a clock, and :meth:`next_deadline` tells the shell
+when to call :meth:`handle_deadline`.
+
+Rules this file keeps:
+
+1. Hostile input is dropped here and only here: any :class:`MalformedFrame` raised by
+   a parser or handler becomes a counter (``drops[reason]``) and one debug line; it
+   never escapes to the shell and never affects another flow.
+2. Dispatch is by table (ethertype, then IP protocol, then UDP port), not by if-ladder.
+3. TCP segments of one batch are grouped per connection before they are handled, so a
+   connection gets one ``sendmsg`` and one ACK per batch (passt's "sequences").
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import attrs
+
+from pasta_net.core import dhcp, dhcpv6, ndp
+from pasta_net.core.actions import (
+    Action,
+    CloseSocket,
+    OpenSocket,
+    SendDatagram,
+    SendFrames,
+    SocketKind,
+)
+from pasta_net.core.arp import handle_arp
+from pasta_net.core.frames import (
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IpPacket,
+    MalformedFrame,
+    parse_ethernet,
+    parse_ip,
+    parse_udp,
+)
+from pasta_net.core.icmp import ECHO_TIMEOUT, PingFlow, echo_reply_frame, parse_echo_request
+from pasta_net.core.mapping import AddressMap
+from pasta_net.core.plan import AddressPlan
+from pasta_net.core.tcp import TcpTable
+from pasta_net.core.timers import Timers
+from pasta_net.core.udp import UdpTable
+
+__all__ = ["Engine", "EngineConfig"]
+
+log = logging.getLogger("pasta_net.engine")
+
+_ND_TYPES = frozenset({133, 135})
+_RA_FIRST_DELAY = 1.0
+_RA_INTERVAL = 300.0
+
+
+@attrs.frozen
+class EngineConfig:
+    plan: AddressPlan
+    ns_mac: bytes = b"\xff" * 6
+    """The namespace's MAC until we learn it from its frames (broadcast until then)."""
+    offload: bool = True
+    """Frames to the namespace may use virtio-net checksum offload and GSO (tap mode)."""
+    tcp: bool = True
+    udp: bool = True
+    icmp: bool = True
+    dhcp: bool = True
+    dhcpv6: bool = True
+    ndp: bool = True
+    ra: bool = True
+    udp_timeout: float = 180.0
+    mapping: AddressMap = attrs.field(factory=AddressMap)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.plan = config.plan
+        self.ns_mac = config.ns_mac
+        self.drops: Counter[str] = Counter()
+        self.timers = Timers()
+        self._ids = itertools.count(1)
+        self._pings: dict[tuple[int, bytes, bytes, int], PingFlow] = {}
+        self._ping_by_id: dict[int, PingFlow] = {}
+        self.tcp = TcpTable(self)
+        self.udp = UdpTable(self, config.udp_timeout)
+        self._ethertypes: dict[int, Callable[[memoryview, float, list[Action]], None]] = {
+            ETH_P_ARP: self._arp,
+        }
+        self._protocols: dict[int, Callable[[bytes, IpPacket, float, list[Action]], None]] = {
+            IPPROTO_ICMP: self._icmp,
+            IPPROTO_ICMPV6: self._icmpv6,
+            IPPROTO_UDP: self._udp,
+        }
+        self._tcp_batch: defaultdict[tuple, list] = defaultdict(list)
+        if config.ra and config.ndp and self.plan.addr6 is not None:
+            self.timers.schedule("ra", -1.0)
+
+    # ---------------------------------------------------------------- identities --
+    def new_flow_id(self) -> int:
+        return next(self._ids)
+
+    # ---------------------------------------------------------- frames from the ns --
+    def receive_frames(self, frames: Sequence[memoryview], now: float) -> list[Action]:
+        """Handle a batch of frames read from the namespace."""
+        actions: list[Action] = []
+        batch = self._tcp_batch
+        for frame in frames:
+            try:
+                self._frame(frame, now, actions, batch)
+            except MalformedFrame as exc:
+                self.drop(exc.reason, str(exc))
+        if batch:
+            for key, segments in batch.items():
+                self.tcp.segments(key, segments, now, actions)
+            batch.clear()
+        return actions
+
+    def _frame(self, frame: memoryview, now: float, actions: list[Action],
+               batch: defaultdict[tuple, list]) -> None:
+        _dst, src_mac, ethertype, payload = parse_ethernet(frame)
+        if src_mac != self.ns_mac and not src_mac[0] & 1:
+            self.ns_mac = src_mac
+        if ethertype in (ETH_P_IP, ETH_P_IPV6):
+            packet = parse_ip(ethertype, payload)
+            if packet.proto == IPPROTO_TCP:
+                if self.config.tcp:
+                    self.tcp.classify(packet, batch)
+                else:
+                    self.drop("disabled", "tcp")
+                return
+            handler = self._protocols.get(packet.proto)
+            if handler is None:
+                self.drop("unsupported", f"ip protocol {packet.proto}")
+                return
+            handler(src_mac, packet, now, actions)
+            return
+        handler = self._ethertypes.get(ethertype)
+        if handler is None:
+            self.drop("unsupported", f"ethertype {ethertype:#06x}")
+            return
+        handler(payload, now, actions)
+
+    def drop(self, reason: str, detail: str) -> None:
+        """Count a dropped frame or event; one debug line each."""
+        self.drops[reason] += 1
+        log.debug("dropped (%s): %s", reason, detail)
+
+    def _arp(self, payload: memoryview, _now: float, actions: list[Action]) -> None:
+        self._reply(handle_arp(payload, self.plan), actions)
+
+    @staticmethod
+    def _reply(frames: list[bytes], actions: list[Action]) -> None:
+        if frames:
+            actions.append(SendFrames(list(frames)))
+
+    # ----------------------------------------------------------------- ICMP/NDP --
+    def _icmp(self, src_mac: bytes, packet: IpPacket, now: float, actions: list[Action]) -> None:
+        if packet.version != 4:
+            raise MalformedFrame("bad-header", "icmp over ipv6")
+        self._echo(packet, now, actions)
+
+    def _icmpv6(self, src_mac: bytes, packet: IpPacket, now: float,
+                actions: list[Action]) -> None:
+        if packet.version != 6:
+            raise MalformedFrame("bad-header", "icmpv6 over ipv4")
+        if len(packet.l4) and packet.l4[0] in _ND_TYPES:
+            if self.config.ndp and (packet.l4[0] == 135 or self.config.ra):
+                self._reply(ndp.handle_ndp(src_mac, packet, self.plan), actions)
+            return
+        self._echo(packet, now, actions)
+
+    def _echo(self, packet: IpPacket, now: float, actions: list[Action]) -> None:
+        if not self.config.icmp:
+            self.drop("disabled", "icmp")
+            return
+        request = parse_echo_request(packet)
+        if request is None:
+            self.drop("unsupported", "icmp type")
+            return
+        key = (packet.version, packet.src, packet.dst, request.ident)
+        flow = self._pings.get(key)
+        if flow is None:
+            flow = PingFlow(self.new_flow_id(), packet.version, packet.src, packet.dst,
+                            request.ident, now)
+            self._pings[key] = flow
+            self._ping_by_id[flow.flow] = flow
+            actions.append(OpenSocket(flow.flow, SocketKind.PING, packet.version,
+                                      self.config.mapping.outbound(packet.dst, 0)))
+        flow.last_used = now
+        self.timers.schedule(("ping", flow.flow), now + ECHO_TIMEOUT)
+        actions.append(SendDatagram(flow.flow, self.config.mapping.outbound(packet.dst, 0),
+                                    request.message))
+
+    # ---------------------------------------------------------------------- UDP --
+    def _udp(self, src_mac: bytes, packet: IpPacket, now: float, actions: list[Action]) -> None:
+        datagram = parse_udp(packet.l4)
+        if datagram.dport == 67 and packet.version == 4:
+            if self.config.dhcp:
+                self._reply(dhcp.handle_dhcp(src_mac, packet, datagram, self.plan), actions)
+            return
+        if datagram.dport == 547 and packet.version == 6:
+            if self.config.dhcpv6:
+                self._reply(dhcpv6.handle_dhcpv6(src_mac, packet, datagram, self.plan), actions)
+            return
+        if not self.config.udp:
+            self.drop("disabled", "udp")
+            return
+        self.udp.from_namespace(packet, datagram, now, actions)
+
+    # ----------------------------------------------------------- socket events --
+    def datagram_received(self, flow: int, data: bytes, peer: tuple[str, int],
+                          now: float) -> list[Action]:
+        """A datagram arrived on the UDP or ping socket of ``flow``."""
+        ping = self._ping_by_id.get(flow)
+        if ping is not None:
+            frame = echo_reply_frame(ping, data, self.ns_mac, self.plan.our_mac)
+            return [SendFrames([frame])] if frame else []
+        actions: list[Action] = []
+        self.udp.from_socket(flow, data, peer, now, actions)
+        return actions
+
+    def socket_failed(self, flow: int, err: int, now: float) -> list[Action]:
+        """A socket of ``flow`` could not be opened or failed for good."""
+        ping = self._ping_by_id.pop(flow, None)
+        if ping is not None:
+            del self._pings[(ping.version, ping.ns_addr, ping.peer, ping.ident)]
+            self.timers.cancel(("ping", flow))
+            return [CloseSocket(flow)]
+        actions: list[Action] = []
+        if not self.tcp.failed(flow, err, now, actions):
+            self.udp.failed(flow, err, now, actions)
+        return actions
+
+    # ------------------------------------------------------------------- time --
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def handle_deadline(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for key in self.timers.pop_due(now):
+            kind, *rest = key if isinstance(key, tuple) else (key,)
+            self._deadline_handlers[kind](self, rest, now, actions)
+        return actions
+
+    def _ping_expired(self, rest: list, now: float, actions: list[Action]) -> None:
+        flow = self._ping_by_id.get(rest[0])
+        if flow is None:
+            return
+        if now - flow.last_used < ECHO_TIMEOUT:
+            self.timers.schedule(("ping", flow.flow), flow.last_used + ECHO_TIMEOUT)
+            return
+        actions.extend(self.socket_failed(flow.flow, 0, now))
+
+    def _ra_due(self, _rest: list, now: float, actions: list[Action]) -> None:
+        actions.append(SendFrames([ndp.build_router_advertisement(self.plan)]))
+        self.timers.schedule("ra", now + _RA_INTERVAL)
+
+    def _tcp_due(self, rest: list, now: float, actions: list[Action]) -> None:
+        self.tcp.deadline(rest[0], now, actions)
+
+    def _udp_due(self, rest: list, now: float, actions: list[Action]) -> None:
+        self.udp.deadline(rest[0], now, actions)
+
+    _deadline_handlers: ClassVar[dict[str, Callable]] = {
+        "ping": _ping_expired,
+        "ra": _ra_due,
+        "tcp": _tcp_due,
+        "udp": _udp_due,
+    }
+

@@ -1,0 +1,628 @@
+"""TCP translation: a minimal TCP endpoint towards the namespace, a kernel socket outside.
+
+Theory of operation
+-------------------
+The host kernel socket is the real TCP endpoint; towards the namespace we keep only
+sequence numbers, windows and timers (no reassembly, no send buffer of our own).
+
+Host → namespace: data is *peeked* from the socket (``MSG_PEEK`` with ``SO_PEEK_OFF``,
+so each peek continues where the last stopped) straight into frame slots of
+:attr:`TcpTable.pool`, and is dropped from the socket (:class:`TcpDiscard`) only when
+the namespace acknowledges it. The socket's receive queue *is* our retransmission
+buffer: on a timeout or three duplicate ACKs we rewind the peek offset to 0 and send
+everything unacknowledged again.
+
+Namespace → host: in-order payloads of a batch go to the socket in one ``sendmsg``
+(:class:`TcpSend`) and are acknowledged only once the kernel accepted them. The window
+we advertise is the socket's free send space, so the namespace is never invited to
+send more than the socket can take (C pasta's collapse on this machine came from
+inviting more and throwing the rest away). If the socket still takes less than it was
+offered (its accounting is not byte-exact), the refused bytes are kept in a small
+per-connection ``tail`` (bounded by what we advertised) and pushed as soon as the socket
+is writable again, followed by a window update: nothing invited is ever discarded, so
+no retransmission timeout is ever needed to recover. Out-of-order segments (loss inside
+the namespace's tap queue) are answered with an immediate duplicate ACK each, which
+drives the sender's fast retransmit.
+
+Connection lifecycle, as events rather than a big state machine (like passt's tcp.c):
+``syn_from_ns`` / ``accepted`` → ``established`` → each direction closes on its own:
+``ns_fin`` (namespace sent FIN: shut the socket's write side) and ``sock_eof`` (the peer
+closed: send FIN once all data is out, ``fin_acked`` when the namespace acknowledges
+it). Both closed, or a reset from either side, removes the connection and its socket.
+
+Timers (one per connection, :class:`Timers` key ``("tcp", flow)``): handshake
+:data:`SYN_TIMEOUT`; retransmission of unacknowledged data from :data:`RTO_INITIAL`,
+doubling up to :data:`RTO_MAX`, reset after :data:`MAX_RETRIES`; zero-window probes;
+:data:`FIN_TIMEOUT` after one side closed; :data:`IDLE_TIMEOUT` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+from typing import TYPE_CHECKING
+
+import attrs
+
+from pasta_net.core.actions import (
+    Action,
+    CloseSocket,
+    OpenSocket,
+    SendFrames,
+    SocketKind,
+    TcpDiscard,
+    TcpRead,
+    TcpSend,
+    TcpShutdown,
+)
+from pasta_net.core.frames import IpPacket
+from pasta_net.core.tcpwire import ACK, FIN, PSH, RST, SYN, FrameTemplate, Segment, parse_segment
+
+if TYPE_CHECKING:
+    from pasta_net.core.engine import Engine
+
+__all__ = ["MAX_CONNECTIONS", "TcpConn", "TcpTable"]
+
+log = logging.getLogger("pasta_net.tcp")
+
+MAX_CONNECTIONS = 1 << 17
+SYN_TIMEOUT = 10.0
+RTO_INITIAL = 0.2
+RTO_MAX = 8.0
+MAX_RETRIES = 10
+FIN_TIMEOUT = 60.0
+IDLE_TIMEOUT = 7200.0
+OUR_WSCALE = 9
+"""Our window scale shift: up to 32 MiB of advertised window (a socket's largest send buffer)."""
+MIN_WINDOW = 64 << 10
+MAX_TAIL = 8 << 20
+"""Bytes we hold when the socket takes less than we advertised (never reached in practice)."""
+_MAX_WINDOW = 0xFFFF << OUR_WSCALE
+_SEGMENT_MAX = 65535 - 60 - 20
+"""Largest payload of one (GSO) frame: the IP length fields are 16 bits."""
+_READ_FRAMES = 4
+_POOL_SIZE = 64
+_MOD = 1 << 32
+_HALF = 1 << 31
+
+
+def seq_sub(a: int, b: int) -> int:
+    """``a - b`` in 32-bit sequence space, as a signed distance (RFC 9293 §3.4)."""
+    return ((a - b + _HALF) % _MOD) - _HALF
+
+
+@attrs.define(eq=False, slots=True)
+class TcpConn:
+    flow: int
+    version: int
+    ns_addr: bytes
+    ns_port: int
+    peer: bytes
+    peer_port: int
+    template: FrameTemplate
+    # towards the namespace
+    seq_to_ns: int = 0
+    """Next sequence number we send."""
+    seq_acked_by_ns: int = 0
+    """Everything before this the namespace has acknowledged (and we discarded)."""
+    wnd_from_ns: int = 0
+    ws_from_ns: int = 0
+    mss: int = 536
+    # from the namespace
+    seq_from_ns: int = 0
+    """Next sequence number expected from the namespace (tail bytes included)."""
+    ws_to_ns: int = 0
+    tail: bytearray = attrs.field(factory=bytearray)
+    free: int = 0
+    """Free send space of the host socket at the last report."""
+    last_ack_sent: int = -1
+    last_wnd_sent: int = -1
+    syn_ack_seq: int = -1
+    # lifecycle
+    established: bool = False
+    inbound: bool = False
+    ns_fin: bool = False
+    sock_shut: bool = False
+    sock_eof: bool = False
+    fin_sent: bool = False
+    fin_acked: bool = False
+    # retransmission
+    rto: float = RTO_INITIAL
+    retries: int = 0
+    dup_acks: int = 0
+    last_progress: float = 0.0
+
+
+class TcpTable:
+    """All TCP connections of one engine, keyed by their namespace-side four-tuple."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._by_key: dict[tuple[bytes, int, bytes, int], TcpConn] = {}
+        self._by_flow: dict[int, TcpConn] = {}
+        self.pool = [bytearray(65536 + 128) for _ in range(_POOL_SIZE)]
+        self._pool_next = 0
+        self._pending: list[tuple[memoryview, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._by_flow)
+
+    # ------------------------------------------------------------ from the ns --
+    def classify(self, packet: IpPacket, batch: dict) -> None:
+        """Parse a segment and queue it under its connection for :meth:`segments`."""
+        seg = parse_segment(packet.l4)
+        batch[(packet.src, seg.sport, packet.dst, seg.dport)].append(seg)
+
+    def segments(self, key: tuple[bytes, int, bytes, int], segs: list[Segment], now: float,
+                 actions: list[Action]) -> None:
+        conn = self._by_key.get(key)
+        if conn is None:
+            self._no_connection(key, segs[0], now, actions)
+            return
+        payloads: list[memoryview] = []
+        must_ack = want_read = False
+        for seg in segs:
+            if seg.flags & RST:
+                self._remove(conn, actions, reset=True)
+                return
+            if seg.flags & SYN:
+                must_ack |= self._syn_in_connection(conn, seg, now, actions)
+                continue
+            if seg.flags & ACK:
+                want_read |= self._ack(conn, seg, now, actions)
+            must_ack |= self._payload(conn, seg, payloads)
+        if conn.flow not in self._by_flow:
+            return
+        if want_read:
+            actions.append(TcpRead(conn.flow))
+        if payloads:
+            if conn.tail:
+                self._hold(conn, payloads)
+            else:
+                actions.append(TcpSend(conn.flow, payloads))
+                return  # acked from sent(), once the kernel said how much it took
+        if conn.ns_fin and not conn.tail and not conn.sock_shut:
+            self._shutdown(conn, actions)
+            must_ack = True
+        if must_ack:
+            self._send_ack(conn, actions, force=True)
+        self._maybe_close(conn, now, actions)
+
+    def _no_connection(self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float,
+                       actions: list[Action]) -> None:
+        if seg.flags & RST:
+            return
+        if seg.flags & SYN and not seg.flags & ACK:
+            self._open_outbound(key, seg, now, actions)
+            return
+        # RFC 9293 §3.10.7.1: a segment for no connection gets a reset.
+        ns_addr, ns_port, peer, peer_port = key
+        template = self._template(ns_addr, ns_port, peer, peer_port)
+        if seg.flags & ACK:
+            frame = self._frame(template, seg.ack, 0, RST)
+        else:
+            frame = self._frame(template, 0, seg.seq + len(seg.payload), RST | ACK)
+        actions.append(SendFrames([frame]))
+
+    def _open_outbound(self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float,
+                       actions: list[Action]) -> None:
+        engine = self.engine
+        ns_addr, ns_port, peer, peer_port = key
+        if len(self._by_flow) >= MAX_CONNECTIONS:
+            log.warning("TCP connection table full (%d): refusing new connection",
+                        MAX_CONNECTIONS)
+            template = self._template(ns_addr, ns_port, peer, peer_port)
+            actions.append(SendFrames([self._frame(template, 0, seg.seq + 1, RST | ACK)]))
+            return
+        conn = self._new_conn(engine.new_flow_id(), ns_addr, ns_port, peer, peer_port)
+        self._learn_syn(conn, seg)
+        conn.seq_from_ns = (seg.seq + 1) % _MOD
+        remote = engine.config.mapping.outbound(peer, peer_port)
+        self._add(conn)
+        actions.append(OpenSocket(conn.flow, SocketKind.TCP, conn.version, remote))
+        self._schedule(conn, now + SYN_TIMEOUT)
+
+    def _syn_in_connection(self, conn: TcpConn, seg: Segment, now: float,
+                           actions: list[Action]) -> bool:
+        """SYN-ACK to our SYN (inbound), or a retransmitted SYN; True if an ACK is due."""
+        if not conn.inbound:
+            if conn.established and not seg.flags & ACK and conn.seq_to_ns == conn.syn_ack_seq:
+                actions.append(SendFrames([self._syn_ack(conn)]))
+            return False
+        if conn.inbound and not conn.established and seg.flags & ACK:
+            if seg.ack != conn.seq_to_ns:
+                return False
+            self._learn_syn(conn, seg)
+            conn.seq_from_ns = (seg.seq + 1) % _MOD
+            conn.seq_acked_by_ns = seg.ack
+            conn.established = True
+            conn.last_progress = now
+            self._schedule(conn, now + IDLE_TIMEOUT)
+            actions.append(TcpRead(conn.flow))
+            return True
+        return False
+
+    def _learn_syn(self, conn: TcpConn, seg: Segment) -> None:
+        default_mss = 536 if conn.version == 4 else 1220
+        conn.mss = max(64, seg.mss or default_mss)
+        if seg.wscale is not None:
+            conn.ws_from_ns = seg.wscale
+            conn.ws_to_ns = OUR_WSCALE
+        conn.wnd_from_ns = seg.window  # never scaled in a SYN (RFC 7323 §2.2)
+
+    def _ack(self, conn: TcpConn, seg: Segment, now: float, actions: list[Action]) -> bool:
+        """Process the acknowledgement and window of ``seg``; True if we may read more."""
+        window = seg.window << conn.ws_from_ns
+        acked = seq_sub(seg.ack, conn.seq_acked_by_ns)
+        in_flight = seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns)
+        if acked > in_flight or acked < 0:
+            return False  # acks what we never sent, or old: ignore (RFC 9293 §3.10.7.4)
+        if acked > 0:
+            data = acked - 1 if conn.fin_sent and acked == in_flight else acked
+            if conn.fin_sent and acked == in_flight:
+                conn.fin_acked = True
+            conn.seq_acked_by_ns = seg.ack
+            if data:
+                actions.append(TcpDiscard(conn.flow, data))
+            conn.dup_acks = 0
+            conn.retries = 0
+            conn.rto = RTO_INITIAL
+            conn.last_progress = now
+            conn.wnd_from_ns = window
+            self._arm(conn, now)
+            if conn.sock_eof and not conn.fin_sent:
+                self._send_fin(conn, now, actions)
+            return not conn.sock_eof
+        if window != conn.wnd_from_ns:
+            opened = window > conn.wnd_from_ns
+            conn.wnd_from_ns = window
+            return opened and not conn.sock_eof
+        if in_flight > 0 and not seg.payload and not seg.flags & FIN:
+            conn.dup_acks += 1
+            if conn.dup_acks == 3:  # RFC 5681 §3.2 fast retransmit
+                self._rewind(conn, actions)
+        return False
+
+    def _payload(self, conn: TcpConn, seg: Segment, payloads: list[memoryview]) -> bool:
+        """Take in-order payload (and FIN); True if the segment needs an immediate ACK."""
+        if not conn.established:
+            return False
+        data = seg.payload
+        offset = seq_sub(conn.seq_from_ns, seg.seq)
+        if offset < 0:
+            self.engine.drop("tcp-out-of-order", f"flow {conn.flow}")
+            return True  # duplicate ACK: lets the sender fast-retransmit
+        if offset > 0:
+            if offset >= len(data) + (1 if seg.flags & FIN else 0):
+                return bool(data) or bool(seg.flags & FIN)  # retransmission or keepalive
+            data = data[offset:] if offset < len(data) else data[len(data):]
+        if conn.ns_fin:
+            return bool(data)
+        if data:
+            if len(conn.tail) + len(data) > MAX_TAIL:
+                self.engine.drop("tcp-window-overrun", f"flow {conn.flow}")
+                return True
+            payloads.append(data)
+            conn.seq_from_ns = (conn.seq_from_ns + len(data)) % _MOD
+        if seg.flags & FIN:
+            conn.ns_fin = True
+            conn.seq_from_ns = (conn.seq_from_ns + 1) % _MOD
+            return True
+        return False
+
+    def _hold(self, conn: TcpConn, payloads: list[memoryview]) -> None:
+        for data in payloads:
+            conn.tail += data
+
+    # ------------------------------------------------------- socket results --
+    def sent(self, flow: int, payloads: list[memoryview], accepted: int, free: int,
+             now: float) -> list[Action]:
+        """The kernel took ``accepted`` bytes of the :class:`TcpSend` of ``payloads``."""
+        conn = self._by_flow.get(flow)
+        if conn is None:
+            return []
+        conn.free = free
+        actions: list[Action] = []
+        self._keep_refused(conn, payloads, accepted)
+        if conn.ns_fin and not conn.tail and not conn.sock_shut:
+            self._shutdown(conn, actions)
+        self._send_ack(conn, actions)
+        self._maybe_close(conn, now, actions)
+        return actions
+
+    @staticmethod
+    def _keep_refused(conn: TcpConn, payloads: list[memoryview], accepted: int) -> None:
+        """Copy what the socket refused out of the tap buffers (they are reused)."""
+        skip = accepted
+        for data in payloads:
+            if skip >= len(data):
+                skip -= len(data)
+                continue
+            conn.tail += data[skip:]
+            skip = 0
+
+    def tail_to_send(self, flow: int) -> bytes | None:
+        """The socket of ``flow`` is writable: the held tail to push, if any."""
+        conn = self._by_flow.get(flow)
+        if conn is None or not conn.tail:
+            return None
+        return bytes(conn.tail)
+
+    def tail_sent(self, flow: int, accepted: int, free: int, now: float) -> list[Action]:
+        conn = self._by_flow.get(flow)
+        if conn is None:
+            return []
+        del conn.tail[:accepted]
+        conn.free = free
+        actions: list[Action] = []
+        if conn.ns_fin and not conn.tail and not conn.sock_shut:
+            self._shutdown(conn, actions)
+        self._send_ack(conn, actions)
+        self._maybe_close(conn, now, actions)
+        return actions
+
+    def writable(self, flow: int, free: int, now: float) -> list[Action]:
+        """The socket has room again and no tail: tell the namespace about the window."""
+        conn = self._by_flow.get(flow)
+        if conn is None or not conn.established:
+            return []
+        conn.free = free
+        actions: list[Action] = []
+        self._send_ack(conn, actions)
+        return actions
+
+    def connected(self, flow: int, free: int, now: float) -> list[Action]:
+        """The host connect of an outbound connection completed: SYN-ACK the namespace."""
+        conn = self._by_flow.get(flow)
+        if conn is None or conn.established:
+            return []
+        conn.free = free
+        conn.established = True
+        isn = random.getrandbits(32)
+        # Our SYN counts as acknowledged from the start: a lost SYN-ACK shows up as a
+        # retransmitted SYN, answered in _syn_in_connection.
+        conn.seq_acked_by_ns = conn.seq_to_ns = conn.syn_ack_seq = (isn + 1) % _MOD
+        conn.last_progress = now
+        conn.last_ack_sent = conn.seq_from_ns
+        self._schedule(conn, now + IDLE_TIMEOUT)
+        return [SendFrames([self._syn_ack(conn)])]
+
+    def _syn_ack(self, conn: TcpConn) -> bytes:
+        return self._frame(conn.template, (conn.syn_ack_seq - 1) % _MOD, conn.seq_from_ns,
+                           SYN | ACK, min(self._window_bytes(conn), 0xFFFF),
+                           self._syn_options(conn))
+
+    def failed(self, flow: int, err: int, now: float, actions: list[Action]) -> bool:
+        """The socket of ``flow`` failed (refused, unreachable, reset): reset the namespace."""
+        conn = self._by_flow.get(flow)
+        if conn is None:
+            return False
+        log.debug("tcp flow %d: socket error %d", flow, err)
+        if conn.established or not conn.inbound:
+            seq = conn.seq_to_ns if conn.established else 0
+            actions.append(SendFrames([self._frame(conn.template, seq, conn.seq_from_ns,
+                                                   RST | ACK)]))
+        self._remove(conn, actions, reset=True)
+        return True
+
+    def accepted(self, flow: int, client: tuple[str, int], ns_port: int,
+                 now: float) -> list[Action]:
+        """A ``-t`` listener accepted ``client``: open the connection towards the namespace."""
+        engine = self.engine
+        peer = engine.config.mapping.apparent_source(client[0])
+        ns_addr = None
+        if peer is not None:
+            ns_addr = engine.plan.addr4 if len(peer) == 4 else engine.plan.addr6
+        if peer is None or ns_addr is None or len(self._by_flow) >= MAX_CONNECTIONS:
+            log.info("cannot forward TCP connection from %s:%d", *client)
+            return [CloseSocket(flow, reset=True)]
+        conn = self._new_conn(flow, ns_addr, ns_port, peer, client[1])
+        conn.inbound = True
+        isn = random.getrandbits(32)
+        conn.seq_acked_by_ns = isn
+        conn.seq_to_ns = (isn + 1) % _MOD
+        conn.ws_to_ns = OUR_WSCALE
+        self._add(conn)
+        self._schedule(conn, now + SYN_TIMEOUT)
+        frame = self._frame(conn.template, isn, 0, SYN, 0xFFFF, self._syn_options(conn))
+        return [SendFrames([frame])]
+
+    # --------------------------------------------------- host → namespace data --
+    def read_slots(self, flow: int) -> list[memoryview]:
+        """Payload slots to peek into now, sized by the namespace's free window."""
+        conn = self._by_flow.get(flow)
+        if conn is None or not conn.established or conn.sock_eof:
+            return []
+        budget = conn.wnd_from_ns - seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns)
+        if budget <= 0:
+            return []
+        size = _SEGMENT_MAX if conn.template.offload else min(conn.mss, _SEGMENT_MAX)
+        hlen = conn.template.hlen
+        slots: list[memoryview] = []
+        self._pending.clear()
+        frames = _READ_FRAMES if conn.template.offload else _POOL_SIZE // 2
+        while budget > 0 and len(slots) < frames:
+            buf = self.pool[self._pool_next]
+            self._pool_next = (self._pool_next + 1) % _POOL_SIZE
+            n = min(size, budget)
+            view = memoryview(buf)
+            slots.append(view[hlen : hlen + n])
+            self._pending.append((view, n))
+            budget -= n
+        return slots
+
+    def data(self, flow: int, count: int, now: float) -> list[Action]:
+        """``count`` bytes were peeked into the slots from :meth:`read_slots`: frame them."""
+        conn = self._by_flow.get(flow)
+        if conn is None or count <= 0:
+            return []
+        template = conn.template
+        ack = self._ack_value(conn)
+        window = self._window_field(conn)
+        frames: list[memoryview] = []
+        for view, size in self._pending:
+            n = min(size, count)
+            if n <= 0:
+                break
+            count -= n
+            flags = ACK | PSH if count == 0 else ACK
+            length = template.fill(view, n, conn.seq_to_ns, ack, flags, window, conn.mss)
+            frames.append(view[:length])
+            conn.seq_to_ns = (conn.seq_to_ns + n) % _MOD
+        conn.last_ack_sent = ack
+        conn.last_wnd_sent = window
+        self._arm(conn, now)
+        return [SendFrames(frames)]
+
+    def eof(self, flow: int, now: float) -> list[Action]:
+        """The peer closed its side and every byte before that has been peeked."""
+        conn = self._by_flow.get(flow)
+        if conn is None or conn.sock_eof:
+            return []
+        conn.sock_eof = True
+        actions: list[Action] = []
+        self._send_fin(conn, now, actions)
+        return actions
+
+    def _send_fin(self, conn: TcpConn, now: float, actions: list[Action]) -> None:
+        if conn.fin_sent or not conn.established:
+            return
+        frame = self._frame(conn.template, conn.seq_to_ns, self._ack_value(conn), FIN | ACK,
+                            self._window_field(conn))
+        conn.seq_to_ns = (conn.seq_to_ns + 1) % _MOD
+        conn.fin_sent = True
+        actions.append(SendFrames([frame]))
+        self._arm(conn, now)
+
+    # -------------------------------------------------------------- timers --
+    def deadline(self, flow: int, now: float, actions: list[Action]) -> None:
+        conn = self._by_flow.get(flow)
+        if conn is None:
+            return
+        if not conn.established:
+            log.debug("tcp flow %d: handshake timed out", flow)
+            self.failed(flow, 0, now, actions)
+            return
+        in_flight = seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns)
+        if in_flight > 0:
+            conn.retries += 1
+            if conn.retries > MAX_RETRIES:
+                log.debug("tcp flow %d: namespace stopped acknowledging", flow)
+                self.failed(flow, 0, now, actions)
+                return
+            conn.rto = min(conn.rto * 2, RTO_MAX)
+            self._rewind(conn, actions)
+            self._schedule(conn, now + conn.rto)
+            return
+        if conn.wnd_from_ns == 0 and not conn.sock_eof:
+            self._probe(conn, actions)
+            conn.rto = min(conn.rto * 2, RTO_MAX)
+            self._schedule(conn, now + conn.rto)
+            return
+        if now - conn.last_progress >= (FIN_TIMEOUT if conn.ns_fin or conn.fin_sent
+                                        else IDLE_TIMEOUT):
+            self.failed(flow, 0, now, actions)
+            return
+        self._arm(conn, now)
+
+    def _arm(self, conn: TcpConn, now: float) -> None:
+        in_flight = seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns)
+        if in_flight > 0 or conn.wnd_from_ns == 0:
+            self._schedule(conn, now + conn.rto)
+        elif conn.ns_fin or conn.fin_sent:
+            self._schedule(conn, conn.last_progress + FIN_TIMEOUT)
+        else:
+            self._schedule(conn, conn.last_progress + IDLE_TIMEOUT)
+
+    def _schedule(self, conn: TcpConn, when: float) -> None:
+        self.engine.timers.schedule(("tcp", conn.flow), when)
+
+    def _rewind(self, conn: TcpConn, actions: list[Action]) -> None:
+        """Send everything unacknowledged again, from the socket's head."""
+        conn.seq_to_ns = conn.seq_acked_by_ns
+        conn.dup_acks = 0
+        if conn.fin_sent and not conn.fin_acked:
+            conn.fin_sent = False
+            conn.sock_eof = False  # the re-peek reaches the end of data again, then FIN
+        actions.append(TcpRead(conn.flow, rewind=True))
+
+    def _probe(self, conn: TcpConn, actions: list[Action]) -> None:
+        """Zero-window probe: an old sequence number makes the namespace re-announce."""
+        frame = self._frame(conn.template, (conn.seq_to_ns - 1) % _MOD, self._ack_value(conn),
+                            ACK, self._window_field(conn))
+        actions.append(SendFrames([frame]))
+
+    # ------------------------------------------------------------- helpers --
+    def _ack_value(self, conn: TcpConn) -> int:
+        return (conn.seq_from_ns - len(conn.tail)) % _MOD
+
+    @staticmethod
+    def _window_bytes(conn: TcpConn) -> int:
+        """The socket's free send space, but at least :data:`MIN_WINDOW` unless we hold a tail.
+
+        The floor keeps the connection self-clocked: the kernel signals "writable" only
+        after a send of ours was refused, so a window that shrank to nothing on a socket we
+        never filled would never be reopened. Whatever the floor invites beyond the real
+        space lands in the tail, and the refused send arms the writable notification.
+        """
+        if conn.tail:
+            return 0
+        return min(max(conn.free, MIN_WINDOW), _MAX_WINDOW)
+
+    def _window_field(self, conn: TcpConn) -> int:
+        return min(self._window_bytes(conn) >> conn.ws_to_ns, 0xFFFF)
+
+    def _send_ack(self, conn: TcpConn, actions: list[Action], force: bool = False) -> None:
+        ack = self._ack_value(conn)
+        window = self._window_field(conn)
+        if not force and ack == conn.last_ack_sent and window == conn.last_wnd_sent:
+            return
+        conn.last_ack_sent = ack
+        conn.last_wnd_sent = window
+        actions.append(SendFrames([self._frame(conn.template, conn.seq_to_ns, ack, ACK, window)]))
+
+    def _shutdown(self, conn: TcpConn, actions: list[Action]) -> None:
+        conn.sock_shut = True
+        actions.append(TcpShutdown(conn.flow))
+
+    def _maybe_close(self, conn: TcpConn, now: float, actions: list[Action]) -> None:
+        if conn.sock_shut and conn.fin_acked:
+            self._remove(conn, actions, reset=False)
+        elif conn.ns_fin or conn.fin_sent:
+            self._arm(conn, now)
+
+    def _syn_options(self, conn: TcpConn) -> bytes:
+        mtu = self.engine.plan.mtu or 65520
+        mss = min(mtu, 65535) - (40 if conn.version == 4 else 60)
+        options = struct.pack("!BBH", 2, 4, mss)
+        if conn.ws_to_ns:
+            options += struct.pack("!BBBB", 1, 3, 3, conn.ws_to_ns)
+        return options
+
+    def _frame(self, template: FrameTemplate, seq: int, ack: int, flags: int,
+               window: int = 0, options: bytes = b"") -> bytes:
+        buf = bytearray(template.hlen + len(options))
+        template.fill(buf, 0, seq, ack, flags, window, 0, options)
+        return bytes(buf)
+
+    def _template(self, ns_addr: bytes, ns_port: int, peer: bytes, peer_port: int) -> FrameTemplate:
+        engine = self.engine
+        return FrameTemplate(engine.ns_mac, engine.plan.our_mac, peer, ns_addr, peer_port,
+                             ns_port, engine.config.offload)
+
+    def _new_conn(self, flow: int, ns_addr: bytes, ns_port: int, peer: bytes,
+                  peer_port: int) -> TcpConn:
+        template = self._template(ns_addr, ns_port, peer, peer_port)
+        return TcpConn(flow, 4 if len(peer) == 4 else 6, ns_addr, ns_port, peer, peer_port,
+                       template)
+
+    def _add(self, conn: TcpConn) -> None:
+        self._by_key[(conn.ns_addr, conn.ns_port, conn.peer, conn.peer_port)] = conn
+        self._by_flow[conn.flow] = conn
+
+    def _remove(self, conn: TcpConn, actions: list[Action], reset: bool) -> None:
+        self._by_key.pop((conn.ns_addr, conn.ns_port, conn.peer, conn.peer_port), None)
+        self._by_flow.pop(conn.flow, None)
+        self.engine.timers.cancel(("tcp", conn.flow))
+        actions.append(CloseSocket(conn.flow, reset=reset))

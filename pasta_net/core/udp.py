@@ -1,0 +1,198 @@
+"""UDP flows between the namespace and host sockets.
+
+Theory of operation
+-------------------
+A flow is one (namespace address, namespace port, peer address, peer port) four-tuple.
+Outbound (the namespace sends first): the engine opens a host UDP socket for the flow,
+asking the shell to bind the namespace's source port when it is free on the host (any
+port otherwise) and to connect it to the peer, so that only that peer's replies arrive
+on it and ICMP errors come back as ``ECONNREFUSED``. Inbound (``-u`` forwards): the
+shell's listener reports a datagram from a client; the flow then sends through the
+listener socket, so replies leave from the forwarded port.
+
+Replies are framed with the address the namespace used as source (not the mapped host
+address), so DNS forwarding and loopback mapping are invisible to the namespace.
+A flow lives :attr:`UdpTable.timeout` seconds (pasta: 180) after its last datagram in
+either direction; expiry closes its socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import TYPE_CHECKING
+
+import attrs
+
+from pasta_net.core.actions import (
+    Action,
+    CloseSocket,
+    OpenSocket,
+    SendDatagram,
+    SendFrames,
+    SocketKind,
+)
+from pasta_net.core.checksum import checksum
+from pasta_net.core.frames import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IpPacket,
+    UdpDatagram,
+    build_ip,
+    build_ip_frame,
+    build_udp,
+    l4_checksum,
+)
+
+if TYPE_CHECKING:
+    from pasta_net.core.engine import Engine
+
+__all__ = ["UdpFlow", "UdpTable"]
+
+_ICMP_UNREACH = struct.Struct("!BBHI")
+_UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+@attrs.define(eq=False, slots=True)
+class UdpFlow:
+    flow: int
+    version: int
+    ns_addr: bytes
+    ns_port: int
+    peer: bytes
+    """The peer as the namespace sees it (before any mapping)."""
+    peer_port: int
+    remote: tuple[str, int]
+    """Where datagrams really go on the host side."""
+    socket: int
+    """Id of the socket datagrams leave through (the flow's own, or a listener's)."""
+    last_used: float
+
+
+class UdpTable:
+    def __init__(self, engine: Engine, timeout: float) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self._by_key: dict[tuple[bytes, int, bytes, int], UdpFlow] = {}
+        self._by_socket: dict[int, UdpFlow] = {}
+        self._inbound: dict[tuple[int, str, int], UdpFlow] = {}
+        self._by_id: dict[int, UdpFlow] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def from_namespace(self, packet: IpPacket, datagram: UdpDatagram, now: float,
+                       actions: list[Action]) -> None:
+        key = (packet.src, datagram.sport, packet.dst, datagram.dport)
+        flow = self._by_key.get(key)
+        if flow is None:
+            flow = self._open(packet, datagram, now, actions)
+        self._touch(flow, now)
+        actions.append(SendDatagram(flow.socket, flow.remote, datagram.payload))
+
+    def _open(self, packet: IpPacket, datagram: UdpDatagram, now: float,
+              actions: list[Action]) -> UdpFlow:
+        engine = self.engine
+        remote = engine.config.mapping.outbound(packet.dst, datagram.dport)
+        flow_id = engine.new_flow_id()
+        flow = UdpFlow(flow_id, packet.version, packet.src, datagram.sport, packet.dst,
+                       datagram.dport, remote, flow_id, now)
+        self._add(flow)
+        local = ("", datagram.sport)
+        actions.append(OpenSocket(flow_id, SocketKind.UDP, packet.version, remote, local))
+        return flow
+
+    def _add(self, flow: UdpFlow) -> None:
+        self._by_key[(flow.ns_addr, flow.ns_port, flow.peer, flow.peer_port)] = flow
+        self._by_id[flow.flow] = flow
+        if flow.socket == flow.flow:
+            self._by_socket[flow.flow] = flow
+
+    def from_listener(self, listener: int, ns_port: int, data: bytes, client: tuple[str, int],
+                      now: float, actions: list[Action]) -> None:
+        """A datagram from ``client`` arrived on the ``-u`` listener socket ``listener``."""
+        key = (listener, client[0], client[1])
+        flow = self._inbound.get(key)
+        if flow is None:
+            flow = self._open_inbound(listener, ns_port, client, now)
+            if flow is None:
+                self.engine.drop("unmappable", f"udp source {client[0]}")
+                return
+        self._touch(flow, now)
+        self._to_namespace(flow, data, actions)
+
+    def _open_inbound(self, listener: int, ns_port: int, client: tuple[str, int],
+                      now: float) -> UdpFlow | None:
+        engine = self.engine
+        peer = engine.config.mapping.apparent_source(client[0])
+        plan = engine.plan
+        if peer is None:
+            return None
+        ns_addr = plan.addr4 if len(peer) == 4 else plan.addr6
+        if ns_addr is None:
+            return None
+        flow = UdpFlow(engine.new_flow_id(), 4 if len(peer) == 4 else 6, ns_addr, ns_port,
+                       peer, client[1], client, listener, now)
+        self._add(flow)
+        self._inbound[(listener, client[0], client[1])] = flow
+        return flow
+
+    def from_socket(self, socket: int, data: bytes, peer: tuple[str, int], now: float,
+                    actions: list[Action]) -> None:
+        flow = self._by_socket.get(socket)
+        if flow is None:
+            self.engine.drop("stale", f"udp datagram for closed flow {socket}")
+            return
+        self._touch(flow, now)
+        self._to_namespace(flow, data, actions)
+
+    def _to_namespace(self, flow: UdpFlow, data: bytes, actions: list[Action]) -> None:
+        engine = self.engine
+        l4 = build_udp(flow.peer, flow.ns_addr, flow.peer_port, flow.ns_port, data)
+        frame = build_ip_frame(engine.ns_mac, engine.plan.our_mac, flow.peer, flow.ns_addr,
+                               17, l4)
+        actions.append(SendFrames([frame]))
+
+    def _touch(self, flow: UdpFlow, now: float) -> None:
+        flow.last_used = now
+        self.engine.timers.schedule(("udp", flow.flow), now + self.timeout)
+
+    def failed(self, socket: int, err: int, now: float, actions: list[Action]) -> None:
+        """The socket of a flow reported ``err``: reflect unreachability, keep the flow."""
+        flow = self._by_socket.get(socket)
+        if flow is None:
+            return
+        if err in _UNREACHABLE_ERRNOS:
+            actions.append(SendFrames([self._port_unreachable(flow)]))
+
+    def _port_unreachable(self, flow: UdpFlow) -> bytes:
+        """ICMP(v6) port unreachable, quoting a minimal copy of the offending datagram."""
+        quoted_udp = struct.pack("!HHHH", flow.ns_port, flow.peer_port, 8, 0)
+        quoted = build_ip(flow.ns_addr, flow.peer, 17, quoted_udp)
+        plan = self.engine.plan
+        if flow.version == 4:
+            message = bytearray(_ICMP_UNREACH.pack(3, 3, 0, 0) + quoted)
+            struct.pack_into("!H", message, 2, checksum(message))
+            proto = IPPROTO_ICMP
+        else:
+            message = bytearray(_ICMP_UNREACH.pack(1, 4, 0, 0) + quoted)
+            struct.pack_into("!H", message, 2,
+                             l4_checksum(flow.peer, flow.ns_addr, IPPROTO_ICMPV6, message))
+            proto = IPPROTO_ICMPV6
+        return build_ip_frame(self.engine.ns_mac, plan.our_mac, flow.peer, flow.ns_addr,
+                              proto, bytes(message))
+
+    def deadline(self, flow_id: int, now: float, actions: list[Action]) -> None:
+        flow = self._by_id.get(flow_id)
+        if flow is None:
+            return
+        if now - flow.last_used < self.timeout:
+            self.engine.timers.schedule(("udp", flow_id), flow.last_used + self.timeout)
+            return
+        del self._by_id[flow_id]
+        del self._by_key[(flow.ns_addr, flow.ns_port, flow.peer, flow.peer_port)]
+        if flow.socket == flow_id:
+            del self._by_socket[flow_id]
+            actions.append(CloseSocket(flow_id))
+        else:
+            del self._inbound[(flow.socket, flow.remote[0], flow.remote[1])]

@@ -1,0 +1,408 @@
+"""The hub: one epoll set for the tap and every host socket, and the action executor.
+
+Why one private epoll instead of a trio task per socket: a TCP socket we read with
+``MSG_PEEK`` stays readable as long as the namespace has not acknowledged its data, so
+level-triggered readiness (what ``trio.lowlevel.wait_readable`` offers) would spin. We
+register sockets edge-triggered (``EPOLLET``) in our own ``select.epoll`` and let trio
+wait for *that* fd to become readable. Each wake-up drains every ready fd in one pass:
+one engine call per tap batch, one task switch for any number of sockets.
+
+Edge-triggered rules this file keeps: after an event, a socket is read or written until
+``EAGAIN`` or until the engine has no room (it then asks again with :class:`TcpRead`
+when the namespace opens its window); a write that was refused is retried only on the
+next ``EPOLLOUT`` edge, which the refusal itself arms.
+
+Rule for the executor (as mitmproxy's server loop): it is synchronous. Actions run in
+order; results fed back to the engine return more actions, which run at once
+(depth-first), because they may refer to buffers that the next read reuses.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import mmap
+import select
+import socket
+import struct
+import termios
+from collections.abc import Callable, Iterable
+
+import trio
+
+from pasta_net.core.actions import (
+    Action,
+    CloseSocket,
+    OpenSocket,
+    SendDatagram,
+    SendFrames,
+    SocketKind,
+    TcpDiscard,
+    TcpRead,
+    TcpSend,
+    TcpShutdown,
+)
+from pasta_net.core.engine import Engine
+from pasta_net.shell.pcap import PcapWriter
+from pasta_net.shell.tap import TapDevice
+
+__all__ = ["Hub"]
+
+log = logging.getLogger("pasta_net.hub")
+
+SO_PEEK_OFF = 42
+_ET = select.EPOLLET
+_TCP_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | _ET
+_DGRAM_EVENTS = select.EPOLLIN | _ET
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+_PING_PROTO = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
+_KIND_TYPE = {SocketKind.TCP: socket.SOCK_STREAM, SocketKind.UDP: socket.SOCK_DGRAM,
+              SocketKind.PING: socket.SOCK_DGRAM}
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_DISCARD_CHUNK = 1 << 22
+_MAX_EVENTS = 256
+_DGRAM_BATCH = 64
+
+
+class Hub:
+    """Owns the tap and the host sockets of one engine; runs until cancelled."""
+
+    def __init__(self, engine: Engine, tap: TapDevice, pcap: PcapWriter | None = None) -> None:
+        self.engine = engine
+        self.tap = tap
+        self.pcap = pcap
+        self.epoll = select.epoll()
+        self.epoll.register(tap.fd, select.EPOLLIN)
+        self.sockets: dict[int, socket.socket] = {}
+        self._kinds: dict[int, SocketKind] = {}
+        self._connecting: set[int] = set()
+        self._fd_handlers: dict[int, Callable[[int], None]] = {tap.fd: self._tap_ready}
+        self._fd_flow: dict[int, int] = {}
+        # An anonymous mapping never touched by MSG_TRUNC reads: costs no memory.
+        self._discard = mmap.mmap(-1, _DISCARD_CHUNK)
+        self._ping_warned = False
+        self._dispatch: dict[type, Callable] = {
+            SendFrames: self._send_frames,
+            OpenSocket: self._open_socket,
+            SendDatagram: self._send_datagram,
+            CloseSocket: self._close_socket,
+            TcpSend: self._tcp_send,
+            TcpRead: self._tcp_read,
+            TcpDiscard: self._tcp_discard,
+            TcpShutdown: self._tcp_shutdown,
+        }
+
+    # ------------------------------------------------------------- the loop --
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        epoll = self.epoll
+        engine = self.engine
+        while True:
+            deadline = engine.next_deadline()
+            if deadline is not None and trio.current_time() >= deadline:
+                self.execute(engine.handle_deadline(trio.current_time()))
+                continue
+            events = epoll.poll(0, _MAX_EVENTS)
+            if not events:
+                with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                continue
+            for fd, mask in events:
+                handler = self._fd_handlers.get(fd)
+                if handler is not None:
+                    handler(mask)
+            await trio.lowlevel.checkpoint()
+
+    def add_fd(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        """Watch another fd (listeners, control sockets) in the same epoll set."""
+        self.epoll.register(fd, events)
+        self._fd_handlers[fd] = handler
+
+    def remove_fd(self, fd: int) -> None:
+        self._fd_handlers.pop(fd, None)
+        try:
+            self.epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        for flow in list(self.sockets):
+            self._close_socket(CloseSocket(flow))
+        self.epoll.close()
+
+    # ------------------------------------------------------------ executor --
+    def execute(self, actions: Iterable[Action]) -> None:
+        dispatch = self._dispatch
+        for action in actions:
+            dispatch[type(action)](action)
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    # ----------------------------------------------------------------- tap --
+    def _tap_ready(self, _mask: int) -> None:
+        frames = self.tap.read_batch()
+        if not frames:
+            return
+        if self.pcap is not None:
+            for frame in frames:
+                self.pcap.write(frame, vnet=False)
+        self.execute(self.engine.receive_frames(frames, self._now()))
+
+    def _send_frames(self, action: SendFrames) -> None:
+        write = self.tap.write
+        pcap = self.pcap
+        for frame in action.frames:
+            write(frame)
+            if pcap is not None:
+                pcap.write(frame)
+
+    # -------------------------------------------------------------- sockets --
+    def _open_socket(self, action: OpenSocket) -> None:
+        family = _FAMILY[action.family]
+        proto = _PING_PROTO[action.family] if action.kind is SocketKind.PING else 0
+        try:
+            sock = socket.socket(family, _KIND_TYPE[action.kind] | socket.SOCK_NONBLOCK, proto)
+        except OSError as exc:
+            self._open_failed(action, exc)
+            return
+        self.sockets[action.flow] = sock
+        self._kinds[action.flow] = action.kind
+        self._fd_flow[sock.fileno()] = action.flow
+        try:
+            opener = _OPENERS[action.kind]
+            opener(self, sock, action)
+        except OSError as exc:
+            self._forget(action.flow)
+            sock.close()
+            self._open_failed(action, exc)
+
+    def _open_failed(self, action: OpenSocket, exc: OSError) -> None:
+        if action.kind is SocketKind.PING and exc.errno in (errno.EACCES, errno.EPERM):
+            if not self._ping_warned:
+                log.warning("ICMP echo unavailable: ping sockets not permitted "
+                            "(net.ipv4.ping_group_range)")
+                self._ping_warned = True
+        else:
+            log.debug("flow %d: cannot open %s socket: %s", action.flow, action.kind.value, exc)
+        self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self._now()))
+
+    def _open_tcp(self, sock: socket.socket, action: OpenSocket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(action.remote)
+        if err not in (0, errno.EINPROGRESS):
+            raise OSError(err, errno.errorcode.get(err, str(err)))
+        self._connecting.add(action.flow)
+        self._watch(sock, _TCP_EVENTS, self._tcp_event)
+
+    def _open_dgram(self, sock: socket.socket, action: OpenSocket) -> None:
+        if action.local is not None:
+            try:
+                sock.bind(action.local)
+            except OSError:
+                sock.bind((action.local[0], 0))
+        if action.kind is SocketKind.UDP:
+            sock.connect(action.remote)
+        self._watch(sock, _DGRAM_EVENTS, self._dgram_event)
+
+    def _watch(self, sock: socket.socket, events: int, handler: Callable) -> None:
+        fd = sock.fileno()
+        self.add_fd(fd, events, lambda mask: handler(self._fd_flow.get(fd), mask))
+
+    def adopt(self, flow: int, sock: socket.socket, kind: SocketKind) -> None:
+        """Take over a socket the listeners accepted (already connected)."""
+        sock.setblocking(False)
+        if kind is SocketKind.TCP:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sockets[flow] = sock
+        self._kinds[flow] = kind
+        self._fd_flow[sock.fileno()] = flow
+        self._watch(sock, _TCP_EVENTS if kind is SocketKind.TCP else _DGRAM_EVENTS,
+                    self._tcp_event if kind is SocketKind.TCP else self._dgram_event)
+
+    def _forget(self, flow: int) -> socket.socket | None:
+        sock = self.sockets.pop(flow, None)
+        self._kinds.pop(flow, None)
+        self._connecting.discard(flow)
+        if sock is not None:
+            fd = sock.fileno()
+            self._fd_flow.pop(fd, None)
+            self.remove_fd(fd)
+        return sock
+
+    def _close_socket(self, action: CloseSocket) -> None:
+        sock = self._forget(action.flow)
+        if sock is None:
+            return
+        if action.reset and self._is_stream(sock):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        sock.close()
+
+    @staticmethod
+    def _is_stream(sock: socket.socket) -> bool:
+        return sock.type == socket.SOCK_STREAM
+
+    # ------------------------------------------------------------ datagrams --
+    def _send_datagram(self, action: SendDatagram) -> None:
+        sock = self.sockets.get(action.flow)
+        if sock is None:
+            self.engine.drop("stale", f"datagram for closed socket {action.flow}")
+            return
+        try:
+            if self._kinds.get(action.flow) is SocketKind.UDP and action.flow in self.sockets:
+                sock.send(action.data)
+            else:
+                sock.sendto(action.data, action.remote)
+        except BlockingIOError:
+            self.engine.drop("socket-busy", f"datagram on flow {action.flow}")
+        except OSError as exc:
+            self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self._now()))
+
+    def _dgram_event(self, flow: int | None, _mask: int) -> None:
+        sock = self.sockets.get(flow) if flow is not None else None
+        if sock is None:
+            return
+        engine = self.engine
+        for _ in range(_DGRAM_BATCH):
+            try:
+                data, peer = sock.recvfrom(65536)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.execute(engine.socket_failed(flow, exc.errno or 0, self._now()))
+                continue
+            self.execute(engine.datagram_received(flow, data, peer, self._now()))
+            if flow not in self.sockets:
+                return
+
+    # ------------------------------------------------------------------ TCP --
+    def _tcp_event(self, flow: int | None, mask: int) -> None:
+        sock = self.sockets.get(flow) if flow is not None else None
+        if sock is None:
+            return
+        if flow in self._connecting:
+            if not mask & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+                return
+            self._connecting.discard(flow)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.execute(self.engine.socket_failed(flow, err, self._now()))
+                return
+            self.execute(self.engine.tcp.connected(flow, self._free_space(sock), self._now()))
+            mask |= select.EPOLLIN
+        if mask & select.EPOLLERR:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.execute(self.engine.socket_failed(flow, err, self._now()))
+                return
+        if mask & select.EPOLLOUT:
+            self._tcp_writable(flow, sock)
+        if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP):
+            self._tcp_read(TcpRead(flow))
+
+    def _tcp_writable(self, flow: int, sock: socket.socket) -> None:
+        tcp = self.engine.tcp
+        tail = tcp.tail_to_send(flow)
+        if tail is None:
+            self.execute(tcp.writable(flow, self._free_space(sock), self._now()))
+            return
+        try:
+            accepted = sock.send(tail)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.execute(self.engine.socket_failed(flow, exc.errno or 0, self._now()))
+            return
+        self.execute(tcp.tail_sent(flow, accepted, self._free_space(sock), self._now()))
+
+    def _tcp_read(self, action: TcpRead) -> None:
+        flow = action.flow
+        sock = self.sockets.get(flow)
+        if sock is None or flow in self._connecting:
+            return
+        tcp = self.engine.tcp
+        if action.rewind:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        while True:
+            slots = tcp.read_slots(flow)
+            if not slots:
+                return
+            try:
+                count = sock.recvmsg_into(slots, 0, socket.MSG_PEEK)[0]
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.execute(self.engine.socket_failed(flow, exc.errno or 0, self._now()))
+                return
+            if count == 0:
+                self.execute(tcp.eof(flow, self._now()))
+                return
+            self.execute(tcp.data(flow, count, self._now()))
+            if count < sum(len(s) for s in slots) or flow not in self.sockets:
+                return
+
+    def _tcp_send(self, action: TcpSend) -> None:
+        sock = self.sockets.get(action.flow)
+        if sock is None:
+            return
+        try:
+            accepted = sock.sendmsg(action.payloads)
+        except BlockingIOError:
+            accepted = 0
+        except OSError as exc:
+            self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self._now()))
+            return
+        self.execute(self.engine.tcp.sent(action.flow, action.payloads, accepted,
+                                          self._free_space(sock), self._now()))
+
+    def _tcp_discard(self, action: TcpDiscard) -> None:
+        sock = self.sockets.get(action.flow)
+        if sock is None:
+            return
+        remaining = action.count
+        while remaining > 0:
+            try:
+                got = sock.recv_into(self._discard, min(remaining, _DISCARD_CHUNK),
+                                     socket.MSG_TRUNC)
+            except BlockingIOError:
+                log.warning("flow %d: %d acknowledged bytes not in the socket", action.flow,
+                            remaining)
+                return
+            except OSError as exc:
+                self.execute(self.engine.socket_failed(action.flow, exc.errno or 0,
+                                                       self._now()))
+                return
+            if got == 0:
+                return
+            remaining -= got
+
+    def _tcp_shutdown(self, action: TcpShutdown) -> None:
+        sock = self.sockets.get(action.flow)
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                self.execute(self.engine.socket_failed(action.flow, exc.errno or 0,
+                                                       self._now()))
+
+    @staticmethod
+    def _free_space(sock: socket.socket) -> int:
+        """Free send space: ``SO_SNDBUF`` minus what is queued (``SIOCOUTQ``)."""
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        return max(0, sndbuf - queued)
+
+
+_OPENERS: dict[SocketKind, Callable[[Hub, socket.socket, OpenSocket], None]] = {
+    SocketKind.TCP: Hub._open_tcp,
+    SocketKind.UDP: Hub._open_dgram,
+    SocketKind.PING: Hub._open_dgram,
+}

@@ -1,0 +1,61 @@
+"""The namespace side of the engine: a tap device, read and written in batches.
+
+The tap is opened with ``IFF_VNET_HDR``: every read starts with a 12-byte virtio-net
+header (checksum and segmentation hints from the namespace's kernel, which we do not
+need: we never verify checksums of frames we translate into socket calls), and every
+write starts with one too, which the core has filled (``NEEDS_CSUM``, GSO) or left zero.
+
+Reads go into preallocated buffers until ``EAGAIN`` or the batch is full, so one wake-up
+handles a burst with one engine call. Writes are one ``write`` per frame: the tap takes
+exactly one frame per call.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from pasta_net.core.frames import VNET_HDR_LEN
+
+__all__ = ["TapDevice"]
+
+_BUFFER_SIZE = 65536 + VNET_HDR_LEN
+BATCH = 32
+
+
+class TapDevice:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self._buffers = [bytearray(_BUFFER_SIZE) for _ in range(BATCH)]
+        self._views = [memoryview(b) for b in self._buffers]
+        self.write_drops = 0
+
+    def read_batch(self) -> list[memoryview]:
+        """Frames waiting on the tap (without their virtio-net header), maybe none."""
+        frames = []
+        fd = self.fd
+        for buf, view in zip(self._buffers, self._views, strict=True):
+            try:
+                n = os.readv(fd, [buf])
+            except BlockingIOError:
+                break
+            if n > VNET_HDR_LEN:
+                frames.append(view[VNET_HDR_LEN:n])
+        return frames
+
+    def write(self, frame: bytes | memoryview) -> bool:
+        """Write one frame (virtio-net header included); False if the tap dropped it."""
+        try:
+            os.write(self.fd, frame)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EIO):
+                raise
+            self.write_drops += 1
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
