@@ -1,0 +1,150 @@
+"""The few Linux system calls Python 3.11's ``os`` module lacks, through cffi in ABI mode.
+
+``os.setns`` and ``os.unshare`` arrive only in Python 3.12 and ``prctl`` never did;
+``fcntl.ioctl`` exists but hides whether the argument is a value or a pointer. cffi's
+ABI mode (``ffi.cdef`` + ``ffi.dlopen(None)``, which resolves symbols in the libc the
+interpreter is already linked with) needs no compiler at install time.
+
+Every wrapper raises ``OSError(errno, strerror)`` on failure, like ``os`` does. The
+constants are the kernel's values from ``<linux/sched.h>``, ``<linux/if_tun.h>``,
+``<linux/nsfs.h>`` and ``<linux/prctl.h>``; ioctl numbers are built with the kernel's
+``_IO``/``_IOW`` encoding so that each one reads like its header line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import cffi
+
+__all__ = [
+    "CLONE_NEWNET",
+    "CLONE_NEWNS",
+    "CLONE_NEWUSER",
+    "IFF_NO_PI",
+    "IFF_TAP",
+    "IFF_VNET_HDR",
+    "IFNAMSIZ",
+    "NS_GET_NSTYPE",
+    "NS_GET_PARENT",
+    "NS_GET_USERNS",
+    "PR_SET_DUMPABLE",
+    "PR_SET_NO_NEW_PRIVS",
+    "TUNSETIFF",
+    "TUNSETOFFLOAD",
+    "TUNSETVNETHDRSZ",
+    "TUN_F_CSUM",
+    "TUN_F_TSO4",
+    "TUN_F_TSO6",
+    "ioctl",
+    "ioctl_ifreq",
+    "ioctl_int",
+    "prctl",
+    "setns",
+    "unshare",
+]
+
+_ffi = cffi.FFI()
+_ffi.cdef(
+    """
+    int setns(int fd, int nstype);
+    int unshare(int flags);
+    int ioctl(int fd, unsigned long request, ...);
+    int prctl(int option, unsigned long arg2, unsigned long arg3,
+              unsigned long arg4, unsigned long arg5);
+
+    struct ifreq {
+        char ifr_name[16];
+        union {
+            short ifr_flags;
+            int ifr_ifindex;
+            char ifr_pad[24];   /* the union is 24 bytes (struct ifmap) on 64-bit */
+        };
+    };
+    """
+)
+_libc = _ffi.dlopen(None)
+
+# <linux/sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+
+# <linux/if.h>, <linux/if_tun.h>
+IFNAMSIZ = 16
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+
+# <linux/prctl.h>
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+
+_IOC_WRITE = 1
+
+
+def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
+    """The kernel's ``_IOC()``: direction, size, type and number packed into 32 bits."""
+    return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
+
+
+TUNSETIFF = _ioc(_IOC_WRITE, "T", 202, 4)  # _IOW('T', 202, int)
+TUNSETOFFLOAD = _ioc(_IOC_WRITE, "T", 208, 4)  # _IOW('T', 208, unsigned int)
+TUNSETVNETHDRSZ = _ioc(_IOC_WRITE, "T", 216, 4)  # _IOW('T', 216, int)
+NS_GET_USERNS = _ioc(0, "\xb7", 0x1, 0)  # _IO(NSIO, 0x1)
+NS_GET_PARENT = _ioc(0, "\xb7", 0x2, 0)  # _IO(NSIO, 0x2)
+NS_GET_NSTYPE = _ioc(0, "\xb7", 0x3, 0)  # _IO(NSIO, 0x3)
+
+
+def _check(result: int) -> int:
+    if result == -1:
+        err = _ffi.errno
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Move the calling *thread* into the namespace ``fd`` refers to (0: any type)."""
+    _check(_libc.setns(fd, nstype))
+
+
+def unshare(flags: int) -> None:
+    """Give the calling process new namespaces of the ``CLONE_NEW*`` kinds in ``flags``."""
+    _check(_libc.unshare(flags))
+
+
+def ioctl(fd: int, request: int, arg: int = 0) -> int:
+    """An ioctl whose argument is a plain value (or absent); returns the kernel's result.
+
+    ``ioctl`` is variadic, so cffi needs the argument's C type spelled out.
+    """
+    return _check(_libc.ioctl(fd, request, _ffi.cast("unsigned long", arg)))
+
+
+def ioctl_int(fd: int, request: int, value: int) -> None:
+    """An ioctl that reads an ``int`` through a pointer (``TUNSETVNETHDRSZ``)."""
+    _check(_libc.ioctl(fd, request, _ffi.new("int *", value)))
+
+
+def ioctl_ifreq(fd: int, request: int, name: str, flags: int) -> str:
+    """An ioctl on a ``struct ifreq`` carrying a name and flags; returns the name after it.
+
+    The kernel writes the final name back (``TUNSETIFF`` with ``"tap%d"`` or ``""``).
+    """
+    encoded = name.encode()
+    if len(encoded) >= IFNAMSIZ:
+        raise OSError(errno.EINVAL, f"Interface name too long (max {IFNAMSIZ - 1} bytes): {name}")
+    ifr = _ffi.new("struct ifreq *")
+    ifr.ifr_name = encoded
+    ifr.ifr_flags = flags
+    _check(_libc.ioctl(fd, request, ifr))
+    return _ffi.string(ifr.ifr_name).decode()
+
+
+def prctl(option: int, arg2: int = 0) -> int:
+    """``prctl(option, arg2, 0, 0, 0)``: ``PR_SET_NO_NEW_PRIVS``, ``PR_SET_DUMPABLE``."""
+    return _check(_libc.prctl(option, arg2, 0, 0, 0))

@@ -1,0 +1,205 @@
+"""Reading and writing interface configuration, only inside namespaces the tests create.
+
+``read_host`` is pointed at a stand-in "host" namespace (a tap called ``up0`` with the
+sandbox addresses of DESIGN.md §4), never at the machine's own interfaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from pasta_net import netns
+from pasta_net.netconf import HostConfig, NetconfError, configure_namespace, read_host
+from pasta_net.tun import Tap, open_tap
+
+NSENTER = "/usr/bin/nsenter"
+MAC = bytes.fromhex("02aabbccddee")
+
+
+def ip(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+@pytest.fixture
+def holder() -> Iterator[int]:
+    """PID of a process alone in a new user+net namespace; killed afterwards."""
+    proc = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo ready; exec sleep 60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        ours = os.stat("/proc/self/ns/net").st_ino
+        assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def target(holder: int) -> Iterator[netns.Target]:
+    target = netns.resolve_target(holder, None, None, False)
+    yield target
+    target.close()
+
+
+def ns_run(pid: int, command: str) -> str:
+    return subprocess.run(
+        [NSENTER, "-t", str(pid), "-n", *command.split()],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+@pytest.fixture
+def tap(target: netns.Target) -> Iterator[Tap]:
+    with netns.in_netns(target):
+        tap = open_tap("pasta0")
+    yield tap
+    os.close(tap.fd)
+
+
+@pytest.fixture
+def fake_host(holder: int, target: netns.Target) -> Iterator[int]:
+    """The holder namespace dressed as the sandbox host: ``up0`` with addresses and routes."""
+    with netns.in_netns(target):
+        up0 = open_tap("up0")
+    try:
+        for command in (
+            "ip link set up0 address 02:00:00:00:00:02 mtu 1500 up",
+            "ip addr add 198.51.100.2/24 dev up0",
+            "ip addr add 198.51.100.3/24 dev up0",  # secondary: not the one to copy
+            "ip addr add 2001:db8:1::2/64 dev up0 nodad",
+            "ip route add default via 198.51.100.1 dev up0",
+            "ip -6 route add default via fe80::1 dev up0",
+        ):
+            ns_run(holder, command)
+        yield holder
+    finally:
+        os.close(up0.fd)
+
+
+# --- read_host --------------------------------------------------------------------------
+
+
+def test_read_host_follows_the_default_route(fake_host: int, target: netns.Target) -> None:
+    with netns.in_netns(target):
+        host = read_host(None, want4=True, want6=True)
+    assert host == HostConfig(
+        ifname="up0",
+        mac=bytes.fromhex("020000000002"),
+        mtu=1500,
+        addr4=ip("198.51.100.2"),
+        prefix4=24,
+        gw4=ip("198.51.100.1"),
+        addr6=ip("2001:db8:1::2"),
+        prefix6=64,
+        gw6=ip("fe80::1"),
+    )
+
+
+def test_read_host_ipv4_only_by_name(fake_host: int, target: netns.Target) -> None:
+    with netns.in_netns(target):
+        host = read_host("up0", want4=True, want6=False)
+    assert (host.addr4, host.gw4, host.addr6, host.gw6) == (
+        ip("198.51.100.2"),
+        ip("198.51.100.1"),
+        None,
+        None,
+    )
+
+
+def test_read_host_multipath_takes_the_first_nexthop(holder: int, target: netns.Target) -> None:
+    with netns.in_netns(target):
+        taps = [open_tap("up0"), open_tap("up1")]
+    try:
+        for command in (
+            "ip link set up0 up",
+            "ip link set up1 up",
+            "ip addr add 198.51.100.2/24 dev up0",
+            "ip addr add 192.0.2.2/24 dev up1",
+            "ip route add default nexthop via 198.51.100.1 dev up0 nexthop via 192.0.2.1 dev up1",
+        ):
+            ns_run(holder, command)
+        with netns.in_netns(target):
+            host = read_host(None, want4=True, want6=False)
+        assert (host.ifname, host.gw4) == ("up0", ip("198.51.100.1"))
+    finally:
+        for tap in taps:
+            os.close(tap.fd)
+
+
+def test_read_host_without_default_route(target: netns.Target) -> None:
+    with netns.in_netns(target), pytest.raises(NetconfError, match="No interfaces with usable"):
+        read_host(None, want4=True, want6=True)
+
+
+def test_read_host_unknown_interface(target: netns.Target) -> None:
+    with netns.in_netns(target), pytest.raises(NetconfError, match="No such interface: nope0"):
+        read_host("nope0", want4=True, want6=True)
+
+
+# --- configure_namespace ----------------------------------------------------------------
+
+
+def test_configure_namespace(holder: int, target: netns.Target, tap: Tap) -> None:
+    with netns.NetnsThread(target) as thread:
+        thread.call(
+            lambda: configure_namespace(
+                "pasta0",
+                mac=MAC,
+                mtu=65520,
+                addr4=ip("198.51.100.2"),
+                prefix4=24,
+                gw4=ip("198.51.100.1"),
+                addr6=ip("2001:db8:1::2"),
+                prefix6=64,
+                gw6=ip("fe80::1"),
+            )
+        )
+    link = ns_run(holder, "ip link show pasta0")
+    assert "state UNKNOWN" in link or ",UP" in link
+    assert "mtu 65520" in link
+    assert "link/ether 02:aa:bb:cc:dd:ee" in link
+    assert "UP" in ns_run(holder, "ip link show lo")
+    addrs = ns_run(holder, "ip addr show dev pasta0")
+    assert "inet 198.51.100.2/24" in addrs
+    assert "inet6 2001:db8:1::2/64" in addrs
+    assert "tentative" not in addrs
+    assert "default via 198.51.100.1 dev pasta0" in ns_run(holder, "ip -4 route")
+    assert "default via fe80::1 dev pasta0" in ns_run(holder, "ip -6 route")
+
+
+def test_gateway_outside_the_prefix_gets_an_onlink_route(
+    holder: int, target: netns.Target, tap: Tap
+) -> None:
+    with netns.in_netns(target):
+        configure_namespace(
+            "pasta0", mac=None, mtu=1500, addr4=ip("192.0.2.10"), prefix4=32, gw4=ip("192.0.2.1")
+        )
+    routes = ns_run(holder, "ip -4 route")
+    assert "192.0.2.1 dev pasta0 proto static scope link" in routes
+    assert "default via 192.0.2.1 dev pasta0" in routes
+
+
+def test_configure_reports_the_failing_step(target: netns.Target, tap: Tap) -> None:
+    with netns.in_netns(target):
+        configure_namespace("pasta0", mac=None, mtu=1500, addr4=ip("198.51.100.2"))
+        with pytest.raises(
+            NetconfError, match=r"add address 198\.51\.100\.2/24 to pasta0: File exists"
+        ):
+            configure_namespace("pasta0", mac=None, mtu=1500, addr4=ip("198.51.100.2"))
+
+
+def test_configure_unknown_interface(target: netns.Target) -> None:
+    with netns.in_netns(target), pytest.raises(NetconfError, match="No such interface"):
+        configure_namespace("nope0", mac=None, mtu=1500)
