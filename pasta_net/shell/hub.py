@@ -57,8 +57,11 @@ _TCP_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | _ET
 _DGRAM_EVENTS = select.EPOLLIN | _ET
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _PING_PROTO = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
-_KIND_TYPE = {SocketKind.TCP: socket.SOCK_STREAM, SocketKind.UDP: socket.SOCK_DGRAM,
-              SocketKind.PING: socket.SOCK_DGRAM}
+_KIND_TYPE = {
+    SocketKind.TCP: socket.SOCK_STREAM,
+    SocketKind.UDP: socket.SOCK_DGRAM,
+    SocketKind.PING: socket.SOCK_DGRAM,
+}
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _DISCARD_CHUNK = 1 << 22
 _MAX_EVENTS = 256
@@ -82,6 +85,7 @@ class Hub:
         # An anonymous mapping never touched by MSG_TRUNC reads: costs no memory.
         self._discard = mmap.mmap(-1, _DISCARD_CHUNK)
         self._ping_warned = False
+        self._udp_listeners: dict[int, int] = {}
         self._dispatch: dict[type, Callable] = {
             SendFrames: self._send_frames,
             OpenSocket: self._open_socket,
@@ -137,7 +141,8 @@ class Hub:
         for action in actions:
             dispatch[type(action)](action)
 
-    def _now(self) -> float:
+    @staticmethod
+    def now() -> float:
         return trio.current_time()
 
     # ----------------------------------------------------------------- tap --
@@ -148,7 +153,7 @@ class Hub:
         if self.pcap is not None:
             for frame in frames:
                 self.pcap.write(frame, vnet=False)
-        self.execute(self.engine.receive_frames(frames, self._now()))
+        self.execute(self.engine.receive_frames(frames, self.now()))
 
     def _send_frames(self, action: SendFrames) -> None:
         write = self.tap.write
@@ -181,12 +186,13 @@ class Hub:
     def _open_failed(self, action: OpenSocket, exc: OSError) -> None:
         if action.kind is SocketKind.PING and exc.errno in (errno.EACCES, errno.EPERM):
             if not self._ping_warned:
-                log.warning("ICMP echo unavailable: ping sockets not permitted "
-                            "(net.ipv4.ping_group_range)")
+                log.warning(
+                    "ICMP echo unavailable: ping sockets not permitted (net.ipv4.ping_group_range)"
+                )
                 self._ping_warned = True
         else:
             log.debug("flow %d: cannot open %s socket: %s", action.flow, action.kind.value, exc)
-        self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self._now()))
+        self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
 
     def _open_tcp(self, sock: socket.socket, action: OpenSocket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
@@ -220,12 +226,24 @@ class Hub:
         self.sockets[flow] = sock
         self._kinds[flow] = kind
         self._fd_flow[sock.fileno()] = flow
-        self._watch(sock, _TCP_EVENTS if kind is SocketKind.TCP else _DGRAM_EVENTS,
-                    self._tcp_event if kind is SocketKind.TCP else self._dgram_event)
+        self._watch(
+            sock,
+            _TCP_EVENTS if kind is SocketKind.TCP else _DGRAM_EVENTS,
+            self._tcp_event if kind is SocketKind.TCP else self._dgram_event,
+        )
+
+    def register_udp_listener(self, flow: int, sock: socket.socket, ns_port: int) -> None:
+        """A ``-u`` listener: datagrams from clients start inbound UDP flows."""
+        self.sockets[flow] = sock
+        self._kinds[flow] = SocketKind.UDP
+        self._udp_listeners[flow] = ns_port
+        self._fd_flow[sock.fileno()] = flow
+        self._watch(sock, _DGRAM_EVENTS, self._dgram_event)
 
     def _forget(self, flow: int) -> socket.socket | None:
         sock = self.sockets.pop(flow, None)
         self._kinds.pop(flow, None)
+        self._udp_listeners.pop(flow, None)
         self._connecting.discard(flow)
         if sock is not None:
             fd = sock.fileno()
@@ -255,29 +273,36 @@ class Hub:
             self.engine.drop("stale", f"datagram for closed socket {action.flow}")
             return
         try:
-            if self._kinds.get(action.flow) is SocketKind.UDP and action.flow in self.sockets:
+            if self._kinds.get(action.flow) is SocketKind.UDP and (
+                    action.flow not in self._udp_listeners):
                 sock.send(action.data)
             else:
                 sock.sendto(action.data, action.remote)
         except BlockingIOError:
             self.engine.drop("socket-busy", f"datagram on flow {action.flow}")
         except OSError as exc:
-            self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self._now()))
+            self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
 
     def _dgram_event(self, flow: int | None, _mask: int) -> None:
         sock = self.sockets.get(flow) if flow is not None else None
         if sock is None:
             return
         engine = self.engine
+        ns_port = self._udp_listeners.get(flow)
         for _ in range(_DGRAM_BATCH):
             try:
                 data, peer = sock.recvfrom(65536)
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.execute(engine.socket_failed(flow, exc.errno or 0, self._now()))
+                self.execute(engine.socket_failed(flow, exc.errno or 0, self.now()))
                 continue
-            self.execute(engine.datagram_received(flow, data, peer, self._now()))
+            if ns_port is not None:
+                actions: list[Action] = []
+                engine.udp.from_listener(flow, ns_port, data, peer[:2], self.now(), actions)
+                self.execute(actions)
+            else:
+                self.execute(engine.datagram_received(flow, data, peer, self.now()))
             if flow not in self.sockets:
                 return
 
@@ -292,14 +317,14 @@ class Hub:
             self._connecting.discard(flow)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self.execute(self.engine.socket_failed(flow, err, self._now()))
+                self.execute(self.engine.socket_failed(flow, err, self.now()))
                 return
-            self.execute(self.engine.tcp.connected(flow, self._free_space(sock), self._now()))
+            self.execute(self.engine.tcp.connected(flow, self._free_space(sock), self.now()))
             mask |= select.EPOLLIN
         if mask & select.EPOLLERR:
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self.execute(self.engine.socket_failed(flow, err, self._now()))
+                self.execute(self.engine.socket_failed(flow, err, self.now()))
                 return
         if mask & select.EPOLLOUT:
             self._tcp_writable(flow, sock)
@@ -310,16 +335,16 @@ class Hub:
         tcp = self.engine.tcp
         tail = tcp.tail_to_send(flow)
         if tail is None:
-            self.execute(tcp.writable(flow, self._free_space(sock), self._now()))
+            self.execute(tcp.writable(flow, self._free_space(sock), self.now()))
             return
         try:
             accepted = sock.send(tail)
         except BlockingIOError:
             return
         except OSError as exc:
-            self.execute(self.engine.socket_failed(flow, exc.errno or 0, self._now()))
+            self.execute(self.engine.socket_failed(flow, exc.errno or 0, self.now()))
             return
-        self.execute(tcp.tail_sent(flow, accepted, self._free_space(sock), self._now()))
+        self.execute(tcp.tail_sent(flow, accepted, self._free_space(sock), self.now()))
 
     def _tcp_read(self, action: TcpRead) -> None:
         flow = action.flow
@@ -338,12 +363,12 @@ class Hub:
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.execute(self.engine.socket_failed(flow, exc.errno or 0, self._now()))
+                self.execute(self.engine.socket_failed(flow, exc.errno or 0, self.now()))
                 return
             if count == 0:
-                self.execute(tcp.eof(flow, self._now()))
+                self.execute(tcp.eof(flow, self.now()))
                 return
-            self.execute(tcp.data(flow, count, self._now()))
+            self.execute(tcp.data(flow, count, self.now()))
             if count < sum(len(s) for s in slots) or flow not in self.sockets:
                 return
 
@@ -356,10 +381,13 @@ class Hub:
         except BlockingIOError:
             accepted = 0
         except OSError as exc:
-            self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self._now()))
+            self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
             return
-        self.execute(self.engine.tcp.sent(action.flow, action.payloads, accepted,
-                                          self._free_space(sock), self._now()))
+        self.execute(
+            self.engine.tcp.sent(
+                action.flow, action.payloads, accepted, self._free_space(sock), self.now()
+            )
+        )
 
     def _tcp_discard(self, action: TcpDiscard) -> None:
         sock = self.sockets.get(action.flow)
@@ -368,15 +396,16 @@ class Hub:
         remaining = action.count
         while remaining > 0:
             try:
-                got = sock.recv_into(self._discard, min(remaining, _DISCARD_CHUNK),
-                                     socket.MSG_TRUNC)
+                got = sock.recv_into(
+                    self._discard, min(remaining, _DISCARD_CHUNK), socket.MSG_TRUNC
+                )
             except BlockingIOError:
-                log.warning("flow %d: %d acknowledged bytes not in the socket", action.flow,
-                            remaining)
+                log.warning(
+                    "flow %d: %d acknowledged bytes not in the socket", action.flow, remaining
+                )
                 return
             except OSError as exc:
-                self.execute(self.engine.socket_failed(action.flow, exc.errno or 0,
-                                                       self._now()))
+                self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
                 return
             if got == 0:
                 return
@@ -390,8 +419,7 @@ class Hub:
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
             if exc.errno != errno.ENOTCONN:
-                self.execute(self.engine.socket_failed(action.flow, exc.errno or 0,
-                                                       self._now()))
+                self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
 
     @staticmethod
     def _free_space(sock: socket.socket) -> int:

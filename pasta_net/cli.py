@@ -1,0 +1,47 @@
+"""Command line entry points: ``pasta-net`` (and ``pasta``/``passt`` by argv[0]).
+
+Invoked under a name containing "passt" the program behaves as passt; under any other
+name as pasta, and it prints its errors under that name (podman matches
+``pasta: unrecognized option '--map-guest-addr'`` to retry without that option).
+Usage errors exit 1, as glibc getopt does for pasta.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from pasta_net.options import Action, Mode, UsageError, help_text, parse_args, version_text
+
+__all__ = ["main"]
+
+
+def program_name(argv0: str) -> tuple[str, bool]:
+    """``(name for messages, passt mode?)`` from how we were invoked."""
+    name = os.path.basename(argv0)
+    if name in ("__main__.py", "") or name.startswith("python"):
+        name = "pasta-net"
+    return name, "passt" in name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    prog, passt = program_name(argv[0] if argv else "pasta-net")
+    try:
+        options = parse_args(argv[1:], prog=prog, passt=passt)
+    except UsageError as exc:
+        sys.stderr.write(exc.render())
+        return 1
+    if options.action is Action.HELP:
+        sys.stdout.write(help_text(prog, passt=passt))
+        return 0
+    if options.action is Action.VERSION:
+        sys.stdout.write(version_text(prog))
+        return 0
+    if options.mode is Mode.PASST:
+        sys.stderr.write(f"{prog}: passt mode is not supported yet\n")
+        return 1
+    from pasta_net import launch  # the runtime stack is not needed for --help/--version
+
+    return launch.run(options, prog)

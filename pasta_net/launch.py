@@ -1,0 +1,330 @@
+"""From parsed options to a running engine: attach, configure, daemonise, serve.
+
+Order matters, and each step is where it is for a reason:
+
+1. Read the host's configuration (addresses, routes, resolvers) while we are still in
+   our own namespaces.
+2. Open the target's namespace fds (:func:`netns.resolve_target`), or spawn the command
+   in a new user+net namespace; then join its user namespace if we need to. Joining a
+   user namespace needs a single-threaded process, so it precedes every thread.
+3. A :class:`~pasta_net.netns.NetnsThread` enters the target netns once and does all
+   in-namespace work: create the tap, configure addresses and routes (``--config-net``).
+4. Drop privileges (real root becomes ``nobody`` or ``--runas``), bind forwarded ports.
+5. Serve. The "ready" signal (parent exits 0, pid file written, spawned command
+   released) is given only when all of the above succeeded.
+
+Daemonising forks *first*, before any thread exists (a forked child keeps only the
+forking thread): the child does everything above and reports readiness through a pipe;
+the parent exits 0 when it reads the ready byte, or 1 when the child dies or reports
+an error, whose text the child has already written to the shared stderr.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import logging
+import logging.handlers
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable
+
+import trio
+
+from pasta_net import netconf, netns, privileges, tun
+from pasta_net.core.actions import SocketKind
+from pasta_net.core.engine import Engine, EngineConfig
+from pasta_net.core.mapping import AddressMap
+from pasta_net.core.plan import AddressPlan
+from pasta_net.options import IpConfig, Options, resolve_runas
+from pasta_net.shell.hub import Hub
+from pasta_net.shell.listeners import ListenError, bind_forwards
+from pasta_net.shell.pcap import PcapWriter
+from pasta_net.shell.run import serve
+from pasta_net.shell.tap import TapDevice
+
+__all__ = ["StartupError", "run"]
+
+log = logging.getLogger("pasta_net")
+
+RESOLV_CONF = "/etc/resolv.conf"
+_READY = b"r"
+_SIOCGIFHWADDR = 0x8927
+_DEFAULT_MAC = bytes.fromhex("9a559a559a55")
+"""pasta's own MAC when the host interface has none to copy."""
+
+
+class StartupError(Exception):
+    """Setting up failed; the message is ready for the user (exit status 1)."""
+
+
+_EXPECTED = (StartupError, netns.NetnsError, netconf.NetconfError, tun.TunError,
+             privileges.PrivilegeError, ListenError)
+
+
+def run(options: Options, prog: str) -> int:
+    """Run pasta mode as the options say; the process exit status."""
+    _setup_logging(options, prog)
+    if options.command or (options.pid is None and options.ns.netns is None):
+        return _run_command(options)
+    if options.log.foreground:
+        return _serve_guarded(options, lambda: None)
+    return _daemonize(options)
+
+
+# -------------------------------------------------------------------- modes --
+def _serve_guarded(options: Options, ready: Callable[[], None]) -> int:
+    try:
+        target = _resolve(options)
+        _serve(options, target, ready)
+    except _EXPECTED as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _daemonize(options: Options) -> int:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            ready = pipe.read(1) == _READY
+        if ready:
+            return 0
+        os.waitpid(pid, 0)
+        return 1
+    os.close(read_end)
+    os.setsid()
+
+    def signal_ready() -> None:
+        _write_pid_file(options)
+        os.write(write_end, _READY)
+        os.close(write_end)
+        _detach_stdio()
+
+    os._exit(_serve_guarded(options, signal_ready))
+
+
+def _run_command(options: Options) -> int:
+    """``pasta-net [options] [COMMAND]``: a new user+net namespace running COMMAND."""
+    argv = list(options.command) or [os.environ.get("SHELL") or "/bin/sh"]
+    spawned = netns.spawn_in_new_namespace(argv)
+    status: list[int] = []
+
+    def ready() -> None:
+        _write_pid_file(options)
+        spawned.release()
+
+    async def command_exits() -> None:
+        status.append(await trio.to_thread.run_sync(spawned.wait, abandon_on_cancel=True))
+
+    try:
+        _serve(options, spawned.target, ready, gone=command_exits)
+    except _EXPECTED as exc:
+        log.error("%s", exc)
+        os.kill(spawned.pid, 9)
+        spawned.wait()
+        return 1
+    return status[0] if status else 1
+
+
+# ------------------------------------------------------------------- serving --
+def _resolve(options: Options) -> netns.Target:
+    if options.pid is not None:
+        return netns.resolve_target(options.pid, None, None, options.ns.netns_only)
+    return netns.resolve_target(None, options.ns.netns, options.ns.userns,
+                                options.ns.netns_only)
+
+
+def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
+           gone: Callable | None = None) -> None:
+    host = _read_host(options)
+    plan = address_plan(options, host)
+    netns.join_userns_if_needed(target)
+    with netns.NetnsThread(target) as ns_thread:
+        ifname = options.ns.ifname or host.ifname or "tap0"
+        tap = ns_thread.call(tun.open_tap, ifname)
+        ns_thread.call(_configure, options, tap.name, plan)
+        ns_mac = ns_thread.call(_link_mac, tap.name)
+        config = engine_config(options, plan, host, ns_mac, tap.offload)
+        privileges.drop_privileges(resolve_runas(options.runas) if options.runas else None)
+        engine = Engine(config)
+        pcap = PcapWriter(options.pcap) if options.pcap else None
+        hub = Hub(engine, TapDevice(tap.fd), pcap)
+        log.info("%s is up in %s%s", tap.name, target.name,
+                 " (offloads on)" if tap.offload else "")
+        watch = gone or (lambda: netns.wait_gone(target))
+        try:
+            trio.run(serve, hub, watch, ready, _forwarder(options))
+        finally:
+            if pcap is not None:
+                pcap.close()
+
+
+def _forwarder(options: Options) -> Callable:
+    """The ``setup`` step of :func:`serve`: bind ``-t``/``-u`` before we say "ready"."""
+    want4, want6 = not options.ipv6_only, not options.ipv4_only
+
+    async def bind(hub: Hub, _nursery: trio.Nursery) -> None:
+        ports = options.ports
+        if ports.tcp and not options.no_tcp:
+            bind_forwards(hub, ports.tcp, SocketKind.TCP, "-t", want4, want6)
+        if ports.udp and not options.no_udp:
+            bind_forwards(hub, ports.udp, SocketKind.UDP, "-u", want4, want6)
+
+    return bind
+
+
+def _read_host(options: Options) -> netconf.HostConfig:
+    want4, want6 = not options.ipv6_only, not options.ipv4_only
+    try:
+        return netconf.read_host(options.interface, want4, want6)
+    except netconf.NetconfError:
+        if options.ip4.address is None and options.ip6.address is None:
+            raise StartupError("External interface not usable") from None
+        return netconf.HostConfig(ifname=options.interface or "tap0", mac=None, mtu=1500)
+
+
+def _configure(options: Options, ifname: str, plan: AddressPlan) -> None:
+    """In the target netns: MAC, MTU, link up; addresses and routes with --config-net."""
+    mtu = options.mtu or 65520
+    if options.ns.config_net:
+        netconf.configure_namespace(
+            ifname, mac=options.ns.mac_addr, mtu=mtu,
+            addr4=plan.addr4, prefix4=plan.prefix4, gw4=plan.gw4,
+            addr6=plan.addr6, prefix6=plan.prefix6, gw6=plan.gw6)
+    else:
+        netconf.configure_namespace(ifname, mac=options.ns.mac_addr, mtu=mtu)
+
+
+def _link_mac(ifname: str) -> bytes:
+    """The tap's MAC, asked of the current netns (/sys may show another one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = fcntl.ioctl(sock.fileno(), _SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
+    return ifreq[18:24]
+
+
+# ------------------------------------------------------------ address plans --
+def _packed(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes | None:
+    return None if addr is None else addr.packed
+
+
+def _resolvers() -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+    try:
+        with open(RESOLV_CONF) as f:
+            servers, search = netconf.parse_resolv_conf(f.read())
+    except OSError:
+        return (), ()
+    return tuple(s.packed for s in servers), search
+
+
+def address_plan(options: Options, host: netconf.HostConfig) -> AddressPlan:
+    """The namespace's addresses: the options where given, else the host's own."""
+    want4, want6 = not options.ipv6_only, not options.ipv4_only
+    addr4, prefix4, gw4 = _family(options.ip4, host.addr4, host.prefix4, host.gw4, 24)
+    addr6, prefix6, gw6 = _family(options.ip6, host.addr6, host.prefix6, host.gw6, 64)
+    resolvers, host_search = _resolvers()
+    dns = options.dns
+    if dns.disabled:
+        servers: tuple[bytes, ...] = ()
+    elif dns.servers:
+        servers = tuple(s.packed for s in dns.servers)
+    else:
+        forwards = tuple(a for a in (_packed(options.ip4.dns_forward),
+                                     _packed(options.ip6.dns_forward)) if a)
+        servers = forwards or tuple(r for r in resolvers
+                                    if not ipaddress.ip_address(r).is_loopback)
+    search = () if dns.search_disabled else (dns.search or host_search)
+    if not dns.dhcp_dns:
+        servers = ()
+    if not dns.dhcp_search:
+        search = ()
+    return AddressPlan(
+        our_mac=options.mac_addr or host.mac or _DEFAULT_MAC,
+        addr4=addr4 if want4 else None, prefix4=prefix4, gw4=gw4 if want4 else None,
+        addr6=addr6 if want6 else None, prefix6=prefix6, gw6=gw6 if want6 else None,
+        mtu=options.mtu,
+        dns4=tuple(s for s in servers if len(s) == 4),
+        dns6=tuple(s for s in servers if len(s) == 16),
+        search=search, hostname=options.hostname, fqdn=options.fqdn,
+    )
+
+
+def _family(ip: IpConfig, addr: bytes | None, prefix: int | None, gw: bytes | None,
+            default_prefix: int) -> tuple[bytes | None, int, bytes | None]:
+    chosen = _packed(ip.address) or addr
+    length = ip.prefix_len or (prefix if chosen == addr else None) or default_prefix
+    return chosen, length, _packed(ip.gateway) or gw
+
+
+def engine_config(options: Options, plan: AddressPlan, host: netconf.HostConfig,
+                  ns_mac: bytes, offload: bool) -> EngineConfig:
+    return EngineConfig(
+        plan=plan, ns_mac=ns_mac, offload=offload,
+        tcp=not options.no_tcp, udp=not options.no_udp, icmp=not options.no_icmp,
+        dhcp=not options.no_dhcp, dhcpv6=not options.no_dhcpv6,
+        ndp=not options.no_ndp, ra=not options.no_ra,
+        mapping=address_map(options, plan, host),
+    )
+
+
+def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -> AddressMap:
+    """Which namespace-side addresses mean the host itself (see core/mapping.py)."""
+    loopback: tuple[bytes, ...] = ()
+    explicit = tuple(a for a in (_packed(options.ip4.map_host_loopback),
+                                 _packed(options.ip6.map_host_loopback)) if a)
+    if explicit:
+        loopback = explicit
+    elif not options.no_map_gw:
+        loopback = tuple(a for a in (plan.gw4, plan.gw6) if a)
+    guest = tuple(a for a in (_packed(options.ip4.map_guest_addr),
+                              _packed(options.ip6.map_guest_addr)) if a)
+    forward = tuple(a for a in (_packed(options.ip4.dns_forward),
+                                _packed(options.ip6.dns_forward)) if a)
+    resolvers, _search = _resolvers()
+    dns4 = _packed(options.ip4.dns_host) or next((r for r in resolvers if len(r) == 4), None)
+    dns6 = _packed(options.ip6.dns_host) or next((r for r in resolvers if len(r) == 16), None)
+    return AddressMap(host_loopback=loopback, guest_addr=guest, host_addr4=host.addr4,
+                      host_addr6=host.addr6, dns_forward=forward, dns_host4=dns4,
+                      dns_host6=dns6)
+
+
+# ------------------------------------------------------------------ process --
+def _write_pid_file(options: Options) -> None:
+    if options.pid_file:
+        with open(options.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def _detach_stdio() -> None:
+    """The daemon must not hold its starter's pipes open (podman waits for EOF on them)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler):
+            logging.getLogger().removeHandler(handler)
+
+
+def _setup_logging(options: Options, prog: str) -> None:
+    opts = options.log
+    level = logging.DEBUG if opts.debug or opts.trace else (
+        logging.WARNING if opts.quiet else logging.INFO)
+    root = logging.getLogger()
+    root.setLevel(level)
+    formatter = logging.Formatter(f"{os.path.basename(prog)}: %(message)s")
+    if opts.log_file:
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            opts.log_file, maxBytes=opts.log_size, backupCount=0)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+    else:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(formatter)
+        root.addHandler(stream)
+
