@@ -119,6 +119,12 @@ class TcpShutdown:
 
 
 Action = (
-    SendFrames | OpenSocket | SendDatagram | CloseSocket | TcpSend | TcpRead | TcpDiscard
+    SendFrames
+    | OpenSocket
+    | SendDatagram
+    | CloseSocket
+    | TcpSend
+    | TcpRead
+    | TcpDiscard
     | TcpShutdown
 )

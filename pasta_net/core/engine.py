@@ -131,8 +131,9 @@ class Engine:
             batch.clear()
         return actions
 
-    def _frame(self, frame: memoryview, now: float, actions: list[Action],
-               batch: defaultdict[tuple, list]) -> None:
+    def _frame(
+        self, frame: memoryview, now: float, actions: list[Action], batch: defaultdict[tuple, list]
+    ) -> None:
         _dst, src_mac, ethertype, payload = parse_ethernet(frame)
         if src_mac != self.ns_mac and not src_mac[0] & 1:
             self.ns_mac = src_mac
@@ -175,8 +176,7 @@ class Engine:
             raise MalformedFrame("bad-header", "icmp over ipv6")
         self._echo(packet, now, actions)
 
-    def _icmpv6(self, src_mac: bytes, packet: IpPacket, now: float,
-                actions: list[Action]) -> None:
+    def _icmpv6(self, src_mac: bytes, packet: IpPacket, now: float, actions: list[Action]) -> None:
         if packet.version != 6:
             raise MalformedFrame("bad-header", "icmpv6 over ipv4")
         if len(packet.l4) and packet.l4[0] in _ND_TYPES:
@@ -196,16 +196,24 @@ class Engine:
         key = (packet.version, packet.src, packet.dst, request.ident)
         flow = self._pings.get(key)
         if flow is None:
-            flow = PingFlow(self.new_flow_id(), packet.version, packet.src, packet.dst,
-                            request.ident, now)
+            flow = PingFlow(
+                self.new_flow_id(), packet.version, packet.src, packet.dst, request.ident, now
+            )
             self._pings[key] = flow
             self._ping_by_id[flow.flow] = flow
-            actions.append(OpenSocket(flow.flow, SocketKind.PING, packet.version,
-                                      self.config.mapping.outbound(packet.dst, 0)))
+            actions.append(
+                OpenSocket(
+                    flow.flow,
+                    SocketKind.PING,
+                    packet.version,
+                    self.config.mapping.outbound(packet.dst, 0),
+                )
+            )
         flow.last_used = now
         self.timers.schedule(("ping", flow.flow), now + ECHO_TIMEOUT)
-        actions.append(SendDatagram(flow.flow, self.config.mapping.outbound(packet.dst, 0),
-                                    request.message))
+        actions.append(
+            SendDatagram(flow.flow, self.config.mapping.outbound(packet.dst, 0), request.message)
+        )
 
     # ---------------------------------------------------------------------- UDP --
     def _udp(self, src_mac: bytes, packet: IpPacket, now: float, actions: list[Action]) -> None:
@@ -224,8 +232,9 @@ class Engine:
         self.udp.from_namespace(packet, datagram, now, actions)
 
     # ----------------------------------------------------------- socket events --
-    def datagram_received(self, flow: int, data: bytes, peer: tuple[str, int],
-                          now: float) -> list[Action]:
+    def datagram_received(
+        self, flow: int, data: bytes, peer: tuple[str, int], now: float
+    ) -> list[Action]:
         """A datagram arrived on the UDP or ping socket of ``flow``."""
         ping = self._ping_by_id.get(flow)
         if ping is not None:
@@ -283,4 +292,3 @@ class Engine:
         "tcp": _tcp_due,
         "udp": _udp_due,
     }
-

@@ -80,7 +80,8 @@ def echo_reply_frame(flow: PingFlow, reply: bytes, dst_mac: bytes, src_mac: byte
         struct.pack_into("!H", message, 2, checksum(message))
         proto = IPPROTO_ICMP
     else:
-        struct.pack_into("!H", message, 2, l4_checksum(flow.peer, flow.ns_addr, IPPROTO_ICMPV6,
-                                                       message))
+        struct.pack_into(
+            "!H", message, 2, l4_checksum(flow.peer, flow.ns_addr, IPPROTO_ICMPV6, message)
+        )
         proto = IPPROTO_ICMPV6
     return build_ip_frame(dst_mac, src_mac, flow.peer, flow.ns_addr, proto, bytes(message))

@@ -154,8 +154,13 @@ class TcpTable:
         seg = parse_segment(packet.l4)
         batch[(packet.src, seg.sport, packet.dst, seg.dport)].append(seg)
 
-    def segments(self, key: tuple[bytes, int, bytes, int], segs: list[Segment], now: float,
-                 actions: list[Action]) -> None:
+    def segments(
+        self,
+        key: tuple[bytes, int, bytes, int],
+        segs: list[Segment],
+        now: float,
+        actions: list[Action],
+    ) -> None:
         conn = self._by_key.get(key)
         if conn is None:
             self._no_connection(key, segs[0], now, actions)
@@ -189,8 +194,9 @@ class TcpTable:
             self._send_ack(conn, actions, force=True)
         self._maybe_close(conn, now, actions)
 
-    def _no_connection(self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float,
-                       actions: list[Action]) -> None:
+    def _no_connection(
+        self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float, actions: list[Action]
+    ) -> None:
         if seg.flags & RST:
             return
         if seg.flags & SYN and not seg.flags & ACK:
@@ -202,18 +208,18 @@ class TcpTable:
         if seg.flags & ACK:
             frame = self._frame(template, seg.ack, 0, RST)
         else:
-            frame = self._frame(template, 0, seg.seq + len(seg.payload), RST | ACK)
+            frame = self._frame(template, 0, (seg.seq + len(seg.payload)) % _MOD, RST | ACK)
         actions.append(SendFrames([frame]))
 
-    def _open_outbound(self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float,
-                       actions: list[Action]) -> None:
+    def _open_outbound(
+        self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float, actions: list[Action]
+    ) -> None:
         engine = self.engine
         ns_addr, ns_port, peer, peer_port = key
         if len(self._by_flow) >= MAX_CONNECTIONS:
-            log.warning("TCP connection table full (%d): refusing new connection",
-                        MAX_CONNECTIONS)
+            log.warning("TCP connection table full (%d): refusing new connection", MAX_CONNECTIONS)
             template = self._template(ns_addr, ns_port, peer, peer_port)
-            actions.append(SendFrames([self._frame(template, 0, seg.seq + 1, RST | ACK)]))
+            actions.append(SendFrames([self._frame(template, 0, (seg.seq + 1) % _MOD, RST | ACK)]))
             return
         conn = self._new_conn(engine.new_flow_id(), ns_addr, ns_port, peer, peer_port)
         self._learn_syn(conn, seg)
@@ -223,8 +229,9 @@ class TcpTable:
         actions.append(OpenSocket(conn.flow, SocketKind.TCP, conn.version, remote))
         self._schedule(conn, now + SYN_TIMEOUT)
 
-    def _syn_in_connection(self, conn: TcpConn, seg: Segment, now: float,
-                           actions: list[Action]) -> bool:
+    def _syn_in_connection(
+        self, conn: TcpConn, seg: Segment, now: float, actions: list[Action]
+    ) -> bool:
         """SYN-ACK to our SYN (inbound), or a retransmitted SYN; True if an ACK is due."""
         if not conn.inbound:
             if conn.established and not seg.flags & ACK and conn.seq_to_ns == conn.syn_ack_seq:
@@ -296,7 +303,7 @@ class TcpTable:
         if offset > 0:
             if offset >= len(data) + (1 if seg.flags & FIN else 0):
                 return bool(data) or bool(seg.flags & FIN)  # retransmission or keepalive
-            data = data[offset:] if offset < len(data) else data[len(data):]
+            data = data[offset:] if offset < len(data) else data[len(data) :]
         if conn.ns_fin:
             return bool(data)
         if data:
@@ -316,8 +323,9 @@ class TcpTable:
             conn.tail += data
 
     # ------------------------------------------------------- socket results --
-    def sent(self, flow: int, payloads: list[memoryview], accepted: int, free: int,
-             now: float) -> list[Action]:
+    def sent(
+        self, flow: int, payloads: list[memoryview], accepted: int, free: int, now: float
+    ) -> list[Action]:
         """The kernel took ``accepted`` bytes of the :class:`TcpSend` of ``payloads``."""
         conn = self._by_flow.get(flow)
         if conn is None:
@@ -389,9 +397,14 @@ class TcpTable:
         return [SendFrames([self._syn_ack(conn)])]
 
     def _syn_ack(self, conn: TcpConn) -> bytes:
-        return self._frame(conn.template, (conn.syn_ack_seq - 1) % _MOD, conn.seq_from_ns,
-                           SYN | ACK, min(self._window_bytes(conn), 0xFFFF),
-                           self._syn_options(conn))
+        return self._frame(
+            conn.template,
+            (conn.syn_ack_seq - 1) % _MOD,
+            conn.seq_from_ns,
+            SYN | ACK,
+            min(self._window_bytes(conn), 0xFFFF),
+            self._syn_options(conn),
+        )
 
     def failed(self, flow: int, err: int, now: float, actions: list[Action]) -> bool:
         """The socket of ``flow`` failed (refused, unreachable, reset): reset the namespace."""
@@ -401,13 +414,15 @@ class TcpTable:
         log.debug("tcp flow %d: socket error %d", flow, err)
         if conn.established or not conn.inbound:
             seq = conn.seq_to_ns if conn.established else 0
-            actions.append(SendFrames([self._frame(conn.template, seq, conn.seq_from_ns,
-                                                   RST | ACK)]))
+            actions.append(
+                SendFrames([self._frame(conn.template, seq, conn.seq_from_ns, RST | ACK)])
+            )
         self._remove(conn, actions, reset=True)
         return True
 
-    def accepted(self, flow: int, client: tuple[str, int], ns_port: int,
-                 now: float) -> list[Action]:
+    def accepted(
+        self, flow: int, client: tuple[str, int], ns_port: int, now: float
+    ) -> list[Action]:
         """A ``-t`` listener accepted ``client``: open the connection towards the namespace."""
         engine = self.engine
         peer = engine.config.mapping.apparent_source(client[0])
@@ -488,8 +503,13 @@ class TcpTable:
     def _send_fin(self, conn: TcpConn, now: float, actions: list[Action]) -> None:
         if conn.fin_sent or not conn.established:
             return
-        frame = self._frame(conn.template, conn.seq_to_ns, self._ack_value(conn), FIN | ACK,
-                            self._window_field(conn))
+        frame = self._frame(
+            conn.template,
+            conn.seq_to_ns,
+            self._ack_value(conn),
+            FIN | ACK,
+            self._window_field(conn),
+        )
         conn.seq_to_ns = (conn.seq_to_ns + 1) % _MOD
         conn.fin_sent = True
         actions.append(SendFrames([frame]))
@@ -520,8 +540,9 @@ class TcpTable:
             conn.rto = min(conn.rto * 2, RTO_MAX)
             self._schedule(conn, now + conn.rto)
             return
-        if now - conn.last_progress >= (FIN_TIMEOUT if conn.ns_fin or conn.fin_sent
-                                        else IDLE_TIMEOUT):
+        if now - conn.last_progress >= (
+            FIN_TIMEOUT if conn.ns_fin or conn.fin_sent else IDLE_TIMEOUT
+        ):
             self.failed(flow, 0, now, actions)
             return
         self._arm(conn, now)
@@ -549,8 +570,13 @@ class TcpTable:
 
     def _probe(self, conn: TcpConn, actions: list[Action]) -> None:
         """Zero-window probe: an old sequence number makes the namespace re-announce."""
-        frame = self._frame(conn.template, (conn.seq_to_ns - 1) % _MOD, self._ack_value(conn),
-                            ACK, self._window_field(conn))
+        frame = self._frame(
+            conn.template,
+            (conn.seq_to_ns - 1) % _MOD,
+            self._ack_value(conn),
+            ACK,
+            self._window_field(conn),
+        )
         actions.append(SendFrames([frame]))
 
     # ------------------------------------------------------------- helpers --
@@ -600,22 +626,38 @@ class TcpTable:
             options += struct.pack("!BBBB", 1, 3, 3, conn.ws_to_ns)
         return options
 
-    def _frame(self, template: FrameTemplate, seq: int, ack: int, flags: int,
-               window: int = 0, options: bytes = b"") -> bytes:
+    def _frame(
+        self,
+        template: FrameTemplate,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int = 0,
+        options: bytes = b"",
+    ) -> bytes:
         buf = bytearray(template.hlen + len(options))
         template.fill(buf, 0, seq, ack, flags, window, 0, options)
         return bytes(buf)
 
     def _template(self, ns_addr: bytes, ns_port: int, peer: bytes, peer_port: int) -> FrameTemplate:
         engine = self.engine
-        return FrameTemplate(engine.ns_mac, engine.plan.our_mac, peer, ns_addr, peer_port,
-                             ns_port, engine.config.offload)
+        return FrameTemplate(
+            engine.ns_mac,
+            engine.plan.our_mac,
+            peer,
+            ns_addr,
+            peer_port,
+            ns_port,
+            engine.config.offload,
+        )
 
-    def _new_conn(self, flow: int, ns_addr: bytes, ns_port: int, peer: bytes,
-                  peer_port: int) -> TcpConn:
+    def _new_conn(
+        self, flow: int, ns_addr: bytes, ns_port: int, peer: bytes, peer_port: int
+    ) -> TcpConn:
         template = self._template(ns_addr, ns_port, peer, peer_port)
-        return TcpConn(flow, 4 if len(peer) == 4 else 6, ns_addr, ns_port, peer, peer_port,
-                       template)
+        return TcpConn(
+            flow, 4 if len(peer) == 4 else 6, ns_addr, ns_port, peer, peer_port, template
+        )
 
     def _add(self, conn: TcpConn) -> None:
         self._by_key[(conn.ns_addr, conn.ns_port, conn.peer, conn.peer_port)] = conn

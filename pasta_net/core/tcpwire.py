@@ -115,8 +115,16 @@ class FrameTemplate:
         "tcp_off",
     )
 
-    def __init__(self, dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, sport: int,
-                 dport: int, offload: bool) -> None:
+    def __init__(
+        self,
+        dst_mac: bytes,
+        src_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        offload: bool,
+    ) -> None:
         self._v4 = len(src) == 4
         self.offload = offload
         self.ip_off = VNET_HDR_LEN + ETH_HLEN
@@ -127,21 +135,44 @@ class FrameTemplate:
         ethertype = ETH_P_IP if self._v4 else ETH_P_IPV6
         struct.pack_into("!6s6sH", header, VNET_HDR_LEN, dst_mac, src_mac, ethertype)
         if self._v4:
-            struct.pack_into("!BBHHHBBH4s4s", header, self.ip_off, 0x45, 0, 0, 0, 0x4000, 64,
-                             IPPROTO_TCP, 0, src, dst)
+            struct.pack_into(
+                "!BBHHHBBH4s4s",
+                header,
+                self.ip_off,
+                0x45,
+                0,
+                0,
+                0,
+                0x4000,
+                64,
+                IPPROTO_TCP,
+                0,
+                src,
+                dst,
+            )
             self._ip_base = sum16(header[self.ip_off : self.tcp_off])
             self.gso_type = _GSO_TCPV4
         else:
-            struct.pack_into("!IHBB16s16s", header, self.ip_off, 6 << 28, 0, IPPROTO_TCP, 64,
-                             src, dst)
+            struct.pack_into(
+                "!IHBB16s16s", header, self.ip_off, 6 << 28, 0, IPPROTO_TCP, 64, src, dst
+            )
             self._ip_base = 0
             self.gso_type = _GSO_TCPV6
         struct.pack_into("!HH", header, self.tcp_off, sport, dport)
         self._pseudo_base = pseudo_header_sum(src, dst, IPPROTO_TCP, 0)
         self.header = bytes(header)
 
-    def fill(self, buf: bytearray | memoryview, payload_len: int, seq: int, ack: int,
-             flags: int, window: int, gso_size: int = 0, options: bytes = b"") -> int:
+    def fill(
+        self,
+        buf: bytearray | memoryview,
+        payload_len: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        gso_size: int = 0,
+        options: bytes = b"",
+    ) -> int:
         """Write the headers for a segment whose payload already sits after them in ``buf``.
 
         ``options`` (SYN only) are placed between the header and the payload, which must
@@ -159,15 +190,24 @@ class FrameTemplate:
             struct.pack_into("!H", buf, ip_off + 10, fold(self._ip_base + total))
         else:
             struct.pack_into("!H", buf, ip_off + 4, tcp_len)
-        _TCP_PATCH.pack_into(buf, tcp_off + 4, seq, ack, (TCP_HLEN + len(options)) << 2, flags,
-                             window)
+        _TCP_PATCH.pack_into(
+            buf, tcp_off + 4, seq, ack, (TCP_HLEN + len(options)) << 2, flags, window
+        )
         pseudo = self._pseudo_base + tcp_len
         if self.offload:
             # Folded, not inverted: the kernel adds the segment and inverts (NEEDS_CSUM).
             struct.pack_into("!H", buf, tcp_off + 16, ~fold(pseudo) & 0xFFFF)
             gso = self.gso_type if gso_size and payload_len > gso_size else 0
-            _VNET.pack_into(buf, 0, _VNET_F_NEEDS_CSUM, gso, hlen - VNET_HDR_LEN,
-                            gso_size if gso else 0, tcp_off - VNET_HDR_LEN, 16)
+            _VNET.pack_into(
+                buf,
+                0,
+                _VNET_F_NEEDS_CSUM,
+                gso,
+                hlen - VNET_HDR_LEN,
+                gso_size if gso else 0,
+                tcp_off - VNET_HDR_LEN,
+                16,
+            )
         else:
             segment = buf[tcp_off : hlen + payload_len]
             struct.pack_into("!H", buf, tcp_off + 16, fold(pseudo + sum16(segment)))

@@ -81,8 +81,9 @@ class UdpTable:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def from_namespace(self, packet: IpPacket, datagram: UdpDatagram, now: float,
-                       actions: list[Action]) -> None:
+    def from_namespace(
+        self, packet: IpPacket, datagram: UdpDatagram, now: float, actions: list[Action]
+    ) -> None:
         key = (packet.src, datagram.sport, packet.dst, datagram.dport)
         flow = self._by_key.get(key)
         if flow is None:
@@ -90,13 +91,23 @@ class UdpTable:
         self._touch(flow, now)
         actions.append(SendDatagram(flow.socket, flow.remote, datagram.payload))
 
-    def _open(self, packet: IpPacket, datagram: UdpDatagram, now: float,
-              actions: list[Action]) -> UdpFlow:
+    def _open(
+        self, packet: IpPacket, datagram: UdpDatagram, now: float, actions: list[Action]
+    ) -> UdpFlow:
         engine = self.engine
         remote = engine.config.mapping.outbound(packet.dst, datagram.dport)
         flow_id = engine.new_flow_id()
-        flow = UdpFlow(flow_id, packet.version, packet.src, datagram.sport, packet.dst,
-                       datagram.dport, remote, flow_id, now)
+        flow = UdpFlow(
+            flow_id,
+            packet.version,
+            packet.src,
+            datagram.sport,
+            packet.dst,
+            datagram.dport,
+            remote,
+            flow_id,
+            now,
+        )
         self._add(flow)
         local = ("", datagram.sport)
         actions.append(OpenSocket(flow_id, SocketKind.UDP, packet.version, remote, local))
@@ -108,8 +119,15 @@ class UdpTable:
         if flow.socket == flow.flow:
             self._by_socket[flow.flow] = flow
 
-    def from_listener(self, listener: int, ns_port: int, data: bytes, client: tuple[str, int],
-                      now: float, actions: list[Action]) -> None:
+    def from_listener(
+        self,
+        listener: int,
+        ns_port: int,
+        data: bytes,
+        client: tuple[str, int],
+        now: float,
+        actions: list[Action],
+    ) -> None:
         """A datagram from ``client`` arrived on the ``-u`` listener socket ``listener``."""
         key = (listener, client[0], client[1])
         flow = self._inbound.get(key)
@@ -121,8 +139,9 @@ class UdpTable:
         self._touch(flow, now)
         self._to_namespace(flow, data, actions)
 
-    def _open_inbound(self, listener: int, ns_port: int, client: tuple[str, int],
-                      now: float) -> UdpFlow | None:
+    def _open_inbound(
+        self, listener: int, ns_port: int, client: tuple[str, int], now: float
+    ) -> UdpFlow | None:
         engine = self.engine
         peer = engine.config.mapping.apparent_source(client[0])
         plan = engine.plan
@@ -131,14 +150,24 @@ class UdpTable:
         ns_addr = plan.addr4 if len(peer) == 4 else plan.addr6
         if ns_addr is None:
             return None
-        flow = UdpFlow(engine.new_flow_id(), 4 if len(peer) == 4 else 6, ns_addr, ns_port,
-                       peer, client[1], client, listener, now)
+        flow = UdpFlow(
+            engine.new_flow_id(),
+            4 if len(peer) == 4 else 6,
+            ns_addr,
+            ns_port,
+            peer,
+            client[1],
+            client,
+            listener,
+            now,
+        )
         self._add(flow)
         self._inbound[(listener, client[0], client[1])] = flow
         return flow
 
-    def from_socket(self, socket: int, data: bytes, peer: tuple[str, int], now: float,
-                    actions: list[Action]) -> None:
+    def from_socket(
+        self, socket: int, data: bytes, peer: tuple[str, int], now: float, actions: list[Action]
+    ) -> None:
         flow = self._by_socket.get(socket)
         if flow is None:
             self.engine.drop("stale", f"udp datagram for closed flow {socket}")
@@ -149,8 +178,7 @@ class UdpTable:
     def _to_namespace(self, flow: UdpFlow, data: bytes, actions: list[Action]) -> None:
         engine = self.engine
         l4 = build_udp(flow.peer, flow.ns_addr, flow.peer_port, flow.ns_port, data)
-        frame = build_ip_frame(engine.ns_mac, engine.plan.our_mac, flow.peer, flow.ns_addr,
-                               17, l4)
+        frame = build_ip_frame(engine.ns_mac, engine.plan.our_mac, flow.peer, flow.ns_addr, 17, l4)
         actions.append(SendFrames([frame]))
 
     def _touch(self, flow: UdpFlow, now: float) -> None:
@@ -176,11 +204,13 @@ class UdpTable:
             proto = IPPROTO_ICMP
         else:
             message = bytearray(_ICMP_UNREACH.pack(1, 4, 0, 0) + quoted)
-            struct.pack_into("!H", message, 2,
-                             l4_checksum(flow.peer, flow.ns_addr, IPPROTO_ICMPV6, message))
+            struct.pack_into(
+                "!H", message, 2, l4_checksum(flow.peer, flow.ns_addr, IPPROTO_ICMPV6, message)
+            )
             proto = IPPROTO_ICMPV6
-        return build_ip_frame(self.engine.ns_mac, plan.our_mac, flow.peer, flow.ns_addr,
-                              proto, bytes(message))
+        return build_ip_frame(
+            self.engine.ns_mac, plan.our_mac, flow.peer, flow.ns_addr, proto, bytes(message)
+        )
 
     def deadline(self, flow_id: int, now: float, actions: list[Action]) -> None:
         flow = self._by_id.get(flow_id)
