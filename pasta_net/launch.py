@@ -119,7 +119,12 @@ def _run_command(options: Options) -> int:
         spawned.release()
 
     async def command_exits() -> None:
-        status.append(await trio.to_thread.run_sync(spawned.wait, abandon_on_cancel=True))
+        pidfd = os.pidfd_open(spawned.pid)  # readable once the command has exited
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        status.append(spawned.wait())
 
     try:
         _serve(options, spawned.target, ready, gone=command_exits)
