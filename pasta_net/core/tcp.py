@@ -452,7 +452,9 @@ class TcpTable:
         budget = conn.wnd_from_ns - seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns)
         if budget <= 0:
             return []
-        size = _SEGMENT_MAX if conn.template.offload else min(conn.mss, _SEGMENT_MAX)
+        mss = min(conn.mss, _SEGMENT_MAX)
+        # A GSO frame is cut into gso_size pieces: make it a whole number of them.
+        size = (_SEGMENT_MAX // mss) * mss if conn.template.offload else mss
         hlen = conn.template.hlen
         slots: list[memoryview] = []
         self._pending.clear()
