@@ -101,9 +101,9 @@ def _daemonize(options: Options) -> int:
 
     def signal_ready() -> None:
         _write_pid_file(options)
+        _detach_stdio()  # first: whoever reads our stdio sees EOF when the parent exits
         os.write(write_end, _READY)
         os.close(write_end)
-        _detach_stdio()
 
     os._exit(_serve_guarded(options, signal_ready))
 
