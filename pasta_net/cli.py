@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pasta_net.core.portspec import EPHEMERAL_PORTS, PortRange, parse_ephemeral_range
 from pasta_net.options import Action, Mode, UsageError, help_text, parse_args, version_text
 
 __all__ = ["main"]
@@ -25,11 +26,20 @@ def program_name(argv0: str) -> tuple[str, bool]:
     return name, "passt" in name
 
 
+def ephemeral_ports() -> PortRange:
+    """The host's ephemeral port range, which "all other ports" specs leave out."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return parse_ephemeral_range(f.read())
+    except (OSError, ValueError):
+        return EPHEMERAL_PORTS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     prog, passt = program_name(argv[0] if argv else "pasta-net")
     try:
-        options = parse_args(argv[1:], prog=prog, passt=passt)
+        options = parse_args(argv[1:], prog=prog, passt=passt, ephemeral=ephemeral_ports())
     except UsageError as exc:
         sys.stderr.write(exc.render())
         return 1
