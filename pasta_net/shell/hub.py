@@ -45,7 +45,7 @@ from pasta_net.core.actions import (
 )
 from pasta_net.core.engine import Engine
 from pasta_net.shell.pcap import PcapWriter
-from pasta_net.shell.tap import TapDevice
+from pasta_net.shell.tap import FrameDevice
 
 __all__ = ["Hub"]
 
@@ -71,7 +71,7 @@ _DGRAM_BATCH = 64
 class Hub:
     """Owns the tap and the host sockets of one engine; runs until cancelled."""
 
-    def __init__(self, engine: Engine, tap: TapDevice, pcap: PcapWriter | None = None) -> None:
+    def __init__(self, engine: Engine, tap: FrameDevice, pcap: PcapWriter | None = None) -> None:
         self.engine = engine
         self.tap = tap
         self.pcap = pcap
@@ -156,12 +156,10 @@ class Hub:
         self.execute(self.engine.receive_frames(frames, self.now()))
 
     def _send_frames(self, action: SendFrames) -> None:
-        write = self.tap.write
-        pcap = self.pcap
-        for frame in action.frames:
-            write(frame)
-            if pcap is not None:
-                pcap.write(frame)
+        self.tap.write_batch(action.frames)
+        if self.pcap is not None:
+            for frame in action.frames:
+                self.pcap.write(frame)
 
     # -------------------------------------------------------------- sockets --
     def _open_socket(self, action: OpenSocket) -> None:

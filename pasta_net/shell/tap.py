@@ -8,19 +8,42 @@ write starts with one too, which the core has filled (``NEEDS_CSUM``, GSO) or le
 Reads go into preallocated buffers until ``EAGAIN`` or the batch is full, so one wake-up
 handles a burst with one engine call. Writes are one ``write`` per frame: the tap takes
 exactly one frame per call.
+
+:class:`FrameDevice` is what the hub needs of a backend; passt mode's
+:class:`~pasta_net.shell.qemu.QemuStream` offers the same, so the hub never asks which
+one it drives.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
+from typing import Protocol
 
 from pasta_net.core.frames import VNET_HDR_LEN
 
-__all__ = ["TapDevice"]
+__all__ = ["FrameDevice", "TapDevice"]
 
 _BUFFER_SIZE = 65536 + VNET_HDR_LEN
 BATCH = 32
+
+
+class FrameDevice(Protocol):
+    """Where the engine's frames come from and go to: the tap, or a qemu socket."""
+
+    fd: int
+    """Readable when :meth:`read_batch` has something to do."""
+
+    def read_batch(self) -> list[memoryview]:
+        """Frames that arrived (without virtio-net header), valid until the next call."""
+        ...
+
+    def write_batch(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send frames, each starting with the virtio-net header slot."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class TapDevice:
@@ -44,16 +67,16 @@ class TapDevice:
                 frames.append(view[VNET_HDR_LEN:n])
         return frames
 
-    def write(self, frame: bytes | memoryview) -> bool:
-        """Write one frame (virtio-net header included); False if the tap dropped it."""
-        try:
-            os.write(self.fd, frame)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EIO):
-                raise
-            self.write_drops += 1
-            return False
-        return True
+    def write_batch(self, frames: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Write frames (virtio-net header included); what the tap refuses is counted."""
+        fd = self.fd
+        for frame in frames:
+            try:
+                os.write(fd, frame)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EIO):
+                    raise
+                self.write_drops += 1
 
     def close(self) -> None:
         if self.fd >= 0:
