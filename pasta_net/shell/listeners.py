@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from pasta_net.core.actions import SocketKind
+from pasta_net.core.actions import CloseSocket, SocketKind
 from pasta_net.core.portspec import PortSpec
 from pasta_net.shell.hub import Hub
 
@@ -129,6 +129,10 @@ def _accept(hub: Hub, listener: Listener) -> None:
 
 
 def close_listeners(hub: Hub, listeners: Iterable[Listener]) -> None:
+    """Stop listening; TCP connections already accepted go on."""
     for listener in listeners:
-        hub.remove_fd(listener.sock.fileno())
-        listener.sock.close()
+        if listener.kind is SocketKind.UDP:  # the hub owns it, as a flow's socket
+            hub.execute([CloseSocket(listener.flow)])
+        else:
+            hub.remove_fd(listener.sock.fileno())
+            listener.sock.close()
