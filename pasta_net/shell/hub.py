@@ -29,6 +29,7 @@ import struct
 import termios
 from collections.abc import Callable, Iterable
 
+import attrs
 import trio
 
 from pasta_net.core.actions import (
@@ -44,10 +45,11 @@ from pasta_net.core.actions import (
     TcpShutdown,
 )
 from pasta_net.core.engine import Engine
+from pasta_net.core.frames import VNET_HDR_LEN
 from pasta_net.shell.pcap import PcapWriter
 from pasta_net.shell.tap import FrameDevice
 
-__all__ = ["Hub"]
+__all__ = ["Hub", "Traffic"]
 
 log = logging.getLogger("pasta_net.hub")
 
@@ -68,6 +70,19 @@ _MAX_EVENTS = 256
 _DGRAM_BATCH = 64
 
 
+@attrs.define
+class Traffic:
+    """Frames and bytes through the frame device each way (run-time ``stats``).
+
+    Counted once per batch, never per byte: ``sum(map(len, batch))`` runs in C.
+    """
+
+    frames_from_ns: int = 0
+    bytes_from_ns: int = 0
+    frames_to_ns: int = 0
+    bytes_to_ns: int = 0
+
+
 class Hub:
     """Owns the tap and the host sockets of one engine; runs until cancelled."""
 
@@ -75,6 +90,7 @@ class Hub:
         self.engine = engine
         self.tap = tap
         self.pcap = pcap
+        self.traffic = Traffic()
         self.epoll = select.epoll()
         self.epoll.register(tap.fd, select.EPOLLIN)
         self.sockets: dict[int, socket.socket] = {}
@@ -150,6 +166,8 @@ class Hub:
         frames = self.tap.read_batch()
         if not frames:
             return
+        self.traffic.frames_from_ns += len(frames)
+        self.traffic.bytes_from_ns += sum(map(len, frames))
         if self.pcap is not None:
             for frame in frames:
                 self.pcap.write(frame, vnet=False)
@@ -157,6 +175,9 @@ class Hub:
 
     def _send_frames(self, action: SendFrames) -> None:
         self.tap.write_batch(action.frames)
+        count = len(action.frames)  # each frame starts with its virtio-net header slot
+        self.traffic.frames_to_ns += count
+        self.traffic.bytes_to_ns += sum(map(len, action.frames)) - VNET_HDR_LEN * count
         if self.pcap is not None:
             for frame in action.frames:
                 self.pcap.write(frame)
