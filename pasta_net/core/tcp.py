@@ -119,6 +119,8 @@ class TcpConn:
     last_ack_sent: int = -1
     last_wnd_sent: int = -1
     syn_ack_seq: int = -1
+    more_to_read: bool = False
+    """The last peek was cut short by the namespace's window, not by an empty socket."""
     # lifecycle
     established: bool = False
     inbound: bool = False
@@ -280,11 +282,11 @@ class TcpTable:
             self._arm(conn, now)
             if conn.sock_eof and not conn.fin_sent:
                 self._send_fin(conn, now, actions)
-            return not conn.sock_eof
+            return conn.more_to_read and not conn.sock_eof
         if window != conn.wnd_from_ns:
             opened = window > conn.wnd_from_ns
             conn.wnd_from_ns = window
-            return opened and not conn.sock_eof
+            return opened and conn.more_to_read and not conn.sock_eof
         if in_flight > 0 and not seg.payload and not seg.flags & FIN:
             conn.dup_acks += 1
             if conn.dup_acks == 3:  # RFC 5681 §3.2 fast retransmit
@@ -330,7 +332,7 @@ class TcpTable:
         conn = self._by_flow.get(flow)
         if conn is None:
             return []
-        conn.free = free
+        conn.free = free if free >= 0 else max(0, conn.free - accepted)
         actions: list[Action] = []
         self._keep_refused(conn, payloads, accepted)
         if conn.ns_fin and not conn.tail and not conn.sock_shut:
@@ -370,12 +372,26 @@ class TcpTable:
         self._maybe_close(conn, now, actions)
         return actions
 
+    def window_starved(self, flow: int) -> bool:
+        """True if our last advertised window was at the floor: worth a look when writable."""
+        conn = self._by_flow.get(flow)
+        if conn is None or not conn.established:
+            return False
+        return conn.last_wnd_sent << conn.ws_to_ns <= MIN_WINDOW
+
     def writable(self, flow: int, free: int, now: float) -> list[Action]:
-        """The socket has room again and no tail: tell the namespace about the window."""
+        """The socket has room again and no tail: reopen the window if it grew a lot.
+
+        Smaller changes wait for the next ACK we send anyway (RFC 1122 §4.2.3.3: no window
+        updates for small openings).
+        """
         conn = self._by_flow.get(flow)
         if conn is None or not conn.established:
             return []
         conn.free = free
+        advertised = max(conn.last_wnd_sent, 0) << conn.ws_to_ns
+        if self._window_bytes(conn) < 2 * max(advertised, 1):
+            return []
         actions: list[Action] = []
         self._send_ack(conn, actions)
         return actions
@@ -451,6 +467,7 @@ class TcpTable:
             return []
         budget = conn.wnd_from_ns - seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns)
         if budget <= 0:
+            conn.more_to_read = True
             return []
         mss = min(conn.mss, _SEGMENT_MAX)
         # A GSO frame is cut into gso_size pieces: make it a whole number of them.
@@ -478,6 +495,9 @@ class TcpTable:
         ack = self._ack_value(conn)
         window = self._window_field(conn)
         frames: list[memoryview] = []
+        # Slots filled to the last byte: the socket may hold more than the window let us
+        # take, and no new readiness edge will say so. Read again when the window opens.
+        conn.more_to_read = count >= sum(size for _, size in self._pending)
         for view, size in self._pending:
             n = min(size, count)
             if n <= 0:

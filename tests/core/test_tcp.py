@@ -169,7 +169,17 @@ def test_host_data_is_framed_and_discarded_only_when_acked():
     pb.ack += 1460
     actions = pb.send("A")
     assert TcpDiscard(pb.flow, 1460) in actions
-    assert TcpRead(pb.flow) in actions
+    assert TcpRead(pb.flow) not in actions  # the socket was drained: wait for readiness
+
+
+def test_window_limited_read_resumes_when_namespace_acks():
+    pb = Playbook()
+    pb.send("A", window=10)  # 10 << 7 = 1280 bytes of window
+    [frames] = [a for a in pb.peer_sends(b"E" * 3000) if isinstance(a, SendFrames)]
+    assert sum(len(decode(f)[TCP].payload) for f in frames.frames) == 1280
+    assert pb.eng.tcp.read_slots(pb.flow) == []  # window full
+    pb.ack += 1280
+    assert TcpRead(pb.flow) in pb.send("A", window=10)
 
 
 def test_offload_builds_one_gso_frame_with_partial_checksum():
