@@ -115,6 +115,23 @@ class Engine:
     def new_flow_id(self) -> int:
         return next(self._ids)
 
+    def flow_counts(self) -> dict[str, int]:
+        """Open flows by protocol (run-time ``stats``)."""
+        return {"tcp": len(self.tcp), "udp": len(self.udp), "icmp": len(self._ping_by_id)}
+
+    def replan(self, plan: AddressPlan, mapping: AddressMap, now: float) -> None:
+        """Take new addresses (``--follow-host``) without touching existing flows.
+
+        Flows keep the addresses they were opened with (handlers read ``self.plan`` and
+        ``self.config.mapping`` per frame, never a copy), so a flow whose addresses did
+        not change goes on; one whose did dies as it would on a real host. A router
+        advertisement goes out at once, so SLAAC learns a new prefix now, not in minutes.
+        """
+        self.plan = plan
+        self.config = attrs.evolve(self.config, plan=plan, mapping=mapping)
+        if self.config.ra and self.config.ndp and plan.addr6 is not None:
+            self.timers.schedule("ra", now)
+
     # ---------------------------------------------------------- frames from the ns --
     def receive_frames(self, frames: Sequence[memoryview], now: float) -> list[Action]:
         """Handle a batch of frames read from the namespace."""
