@@ -18,6 +18,7 @@ hash and copy into headers.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import attrs
 
@@ -42,6 +43,7 @@ __all__ = [
     "build_ip",
     "build_ip_frame",
     "build_udp",
+    "iter_tlv",
     "l4_checksum",
     "parse_arp",
     "parse_ethernet",
@@ -241,3 +243,50 @@ def build_udp(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) ->
 def build_arp(op: int, sender_mac: bytes, sender_ip: bytes, target_mac: bytes,
               target_ip: bytes) -> bytes:
     return _ARP.pack(1, ETH_P_IP, 6, 4, op, sender_mac, sender_ip, target_mac, target_ip)
+
+
+def iter_tlv(
+    data: memoryview,
+    header: struct.Struct,
+    *,
+    what: str,
+    unit: int = 1,
+    inclusive: bool = False,
+    pad: int | None = None,
+    end: int | None = None,
+    max_count: int = 256,
+) -> Iterator[tuple[int, memoryview]]:
+    """Walk type-length-value options, yielding ``(type, value)`` views: one bounded loop
+    for DHCPv4, DHCPv6 and NDP options (and TCP's, whose layout is NDP's with pad/end).
+
+    ``header`` unpacks ``(type, length)``. The length counts ``unit``-byte units and,
+    when ``inclusive``, the header itself (NDP). ``pad`` names a one-byte option with no
+    length (DHCPv4 0); ``end`` stops the walk (DHCPv4 255). An option running past the
+    data, an inclusive length shorter than the header (a loop that never advances) and
+    more than ``max_count`` options raise :class:`MalformedFrame`; ``what`` names the
+    message in the detail. Every pass advances by at least one byte, so the walk is
+    bounded by ``len(data)``.
+    """
+    size = len(data)
+    offset = count = 0
+    while offset < size:
+        first = data[offset]
+        if first == pad:
+            offset += 1
+            continue
+        if first == end:
+            return
+        if offset + header.size > size:
+            raise MalformedFrame("truncated", f"{what} option header")
+        kind, length = header.unpack_from(data, offset)
+        start = offset + header.size
+        stop = offset + length * unit if inclusive else start + length * unit
+        if stop < start:
+            raise MalformedFrame("bad-option", f"{what} option {kind} length {length}")
+        if stop > size:
+            raise MalformedFrame("truncated", f"{what} option {kind}")
+        count += 1
+        if count > max_count:
+            raise MalformedFrame("bad-option", f"more than {max_count} {what} options")
+        yield kind, data[start:stop]
+        offset = stop
