@@ -103,6 +103,7 @@ class Hub:
         self._discard = mmap.mmap(-1, _DISCARD_CHUNK)
         self._ping_warned = False
         self._udp_listeners: dict[int, int] = {}
+        self._udp_diverts: dict[int, Callable[[bytes, tuple], bool]] = {}
         self._dispatch: dict[type, Callable] = {
             SendFrames: self._send_frames,
             OpenSocket: self._open_socket,
@@ -252,11 +253,15 @@ class Hub:
             self._tcp_event if kind is SocketKind.TCP else self._dgram_event,
         )
 
-    def register_udp_listener(self, flow: int, sock: socket.socket, ns_port: int) -> None:
-        """A ``-u`` listener: datagrams from clients start inbound UDP flows."""
+    def register_udp_listener(self, flow: int, sock: socket.socket, ns_port: int,
+                              divert: Callable[[bytes, tuple], bool] | None = None) -> None:
+        """A ``-u`` listener: datagrams from clients start inbound UDP flows, except
+        those ``divert(data, client)`` takes (returns True for: the loopback relay's)."""
         self.sockets[flow] = sock
         self._kinds[flow] = SocketKind.UDP
         self._udp_listeners[flow] = ns_port
+        if divert is not None:
+            self._udp_diverts[flow] = divert
         self._fd_flow[sock.fileno()] = flow
         self._watch(sock, _DGRAM_EVENTS, self._dgram_event)
 
@@ -264,6 +269,7 @@ class Hub:
         sock = self.sockets.pop(flow, None)
         self._kinds.pop(flow, None)
         self._udp_listeners.pop(flow, None)
+        self._udp_diverts.pop(flow, None)
         self._connecting.discard(flow)
         if sock is not None:
             fd = sock.fileno()
@@ -309,6 +315,7 @@ class Hub:
             return
         engine = self.engine
         ns_port = self._udp_listeners.get(flow)
+        divert = self._udp_diverts.get(flow)
         for _ in range(_DGRAM_BATCH):
             try:
                 data, peer = sock.recvfrom(65536)
@@ -316,6 +323,8 @@ class Hub:
                 return
             except OSError as exc:
                 self.execute(engine.socket_failed(flow, exc.errno or 0, self.now()))
+                continue
+            if divert is not None and divert(data, peer[:2]):
                 continue
             if ns_port is not None:
                 actions: list[Action] = []
