@@ -1,8 +1,10 @@
 """Command line entry points: ``pasta-net`` (and ``pasta``/``passt`` by argv[0]).
 
-Invoked under a name containing "passt" the program behaves as passt; under any other
-name as pasta, and it prints its errors under that name (podman matches
-``pasta: unrecognized option '--map-guest-addr'`` to retry without that option).
+Invoked under a name containing "passt" (``passt-net``, a ``passt`` link) the program
+behaves as passt; under any other name as pasta, and it prints its errors under that
+name (podman matches ``pasta: unrecognized option '--map-guest-addr'`` to retry without
+that option). ``--passt`` as the very first argument also selects passt mode: the mode
+decides which options exist, so it is chosen before getopt runs, like argv[0].
 Usage errors exit 1, as glibc getopt does for pasta.
 """
 
@@ -38,8 +40,11 @@ def ephemeral_ports() -> PortRange:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     prog, passt = program_name(argv[0] if argv else "pasta-net")
+    args = argv[1:]
+    if args[:1] == ["--passt"]:
+        passt, args = True, args[1:]
     try:
-        options = parse_args(argv[1:], prog=prog, passt=passt, ephemeral=ephemeral_ports())
+        options = parse_args(args, prog=prog, passt=passt, ephemeral=ephemeral_ports())
     except UsageError as exc:
         sys.stderr.write(exc.render())
         return 1
@@ -50,8 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(version_text(prog))
         return 0
     if options.mode is Mode.PASST:
-        sys.stderr.write(f"{prog}: passt mode is not supported yet\n")
-        return 1
+        from pasta_net import passt as passt_mode  # not needed for --help/--version either
+
+        return passt_mode.run(options, prog)
     from pasta_net import launch  # the runtime stack is not needed for --help/--version
 
     return launch.run(options, prog)

@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -43,9 +43,18 @@ from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import ListenError, bind_forwards
 from pasta_net.shell.pcap import PcapWriter
 from pasta_net.shell.run import serve
-from pasta_net.shell.tap import TapDevice
+from pasta_net.shell.tap import FrameDevice, TapDevice
 
-__all__ = ["StartupError", "run"]
+__all__ = [
+    "StartupError",
+    "address_plan",
+    "engine_config",
+    "read_host",
+    "run",
+    "run_service",
+    "serve_frames",
+    "setup_logging",
+]
 
 log = logging.getLogger("pasta_net")
 
@@ -66,26 +75,38 @@ _EXPECTED = (StartupError, netns.NetnsError, netconf.NetconfError, tun.TunError,
 
 def run(options: Options, prog: str) -> int:
     """Run pasta mode as the options say; the process exit status."""
-    _setup_logging(options, prog)
+    setup_logging(options, prog)
     if options.command or (options.pid is None and options.ns.netns is None):
         return _run_command(options)
-    if options.log.foreground:
-        return _serve_guarded(options, lambda: None)
-    return _daemonize(options)
+    return run_service(options, lambda ready: _serve(options, _resolve(options), ready))
 
 
 # -------------------------------------------------------------------- modes --
-def _serve_guarded(options: Options, ready: Callable[[], None]) -> int:
+Service = Callable[[Callable[[], None]], None]
+"""Sets up and serves until done; calls its argument once everything is ready."""
+
+
+def run_service(options: Options, service: Service) -> int:
+    """Run ``service`` in the foreground (``-f``) or daemonised; the exit status.
+
+    Shared by pasta and passt mode: "ready" writes the pid file and, for a daemon, lets
+    the parent exit 0; a failure before that makes it exit 1.
+    """
+    if options.log.foreground:
+        return _guarded(service, lambda: _write_pid_file(options))
+    return _daemonize(options, service)
+
+
+def _guarded(service: Service, ready: Callable[[], None]) -> int:
     try:
-        target = _resolve(options)
-        _serve(options, target, ready)
+        service(ready)
     except _EXPECTED as exc:
         log.error("%s", exc)
         return 1
     return 0
 
 
-def _daemonize(options: Options) -> int:
+def _daemonize(options: Options, service: Service) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -105,7 +126,7 @@ def _daemonize(options: Options) -> int:
         os.write(write_end, _READY)
         os.close(write_end)
 
-    os._exit(_serve_guarded(options, signal_ready))
+    os._exit(_guarded(service, signal_ready))
 
 
 def _run_command(options: Options) -> int:
@@ -146,7 +167,7 @@ def _resolve(options: Options) -> netns.Target:
 
 def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
            gone: Callable | None = None) -> None:
-    host = _read_host(options)
+    host = read_host(options)
     plan = address_plan(options, host)
     netns.join_userns_if_needed(target)
     with netns.NetnsThread(target) as ns_thread:
@@ -155,18 +176,24 @@ def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
         ns_thread.call(_configure, options, tap.name, plan)
         ns_mac = ns_thread.call(_link_mac, tap.name)
         config = engine_config(options, plan, host, ns_mac, tap.offload)
-        privileges.drop_privileges(resolve_runas(options.runas) if options.runas else None)
-        engine = Engine(config)
-        pcap = PcapWriter(options.pcap) if options.pcap else None
-        hub = Hub(engine, TapDevice(tap.fd), pcap)
         log.info("%s is up in %s%s", tap.name, target.name,
                  " (offloads on)" if tap.offload else "")
         watch = gone or (lambda: netns.wait_gone(target))
-        try:
-            trio.run(serve, hub, watch, ready, _forwarder(options))
-        finally:
-            if pcap is not None:
-                pcap.close()
+        serve_frames(options, config, TapDevice(tap.fd), ready, watch)
+
+
+def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
+                 ready: Callable[[], None], gone: Callable[[], Awaitable[object]]) -> None:
+    """Drop privileges, bind the forwards, run the engine on ``device`` until ``gone()``
+    returns or a signal arrives: what pasta and passt mode share once their device is open."""
+    privileges.drop_privileges(resolve_runas(options.runas) if options.runas else None)
+    pcap = PcapWriter(options.pcap) if options.pcap else None
+    hub = Hub(Engine(config), device, pcap)
+    try:
+        trio.run(serve, hub, gone, ready, _forwarder(options))
+    finally:
+        if pcap is not None:
+            pcap.close()
 
 
 def _forwarder(options: Options) -> Callable:
@@ -183,7 +210,8 @@ def _forwarder(options: Options) -> Callable:
     return bind
 
 
-def _read_host(options: Options) -> netconf.HostConfig:
+def read_host(options: Options) -> netconf.HostConfig:
+    """The host's interface, addresses and routes, which the guest's plan copies."""
     want4, want6 = not options.ipv6_only, not options.ipv4_only
     try:
         return netconf.read_host(options.interface, want4, want6)
@@ -316,7 +344,7 @@ def _detach_stdio() -> None:
             logging.getLogger().removeHandler(handler)
 
 
-def _setup_logging(options: Options, prog: str) -> None:
+def setup_logging(options: Options, prog: str) -> None:
     opts = options.log
     level = logging.DEBUG if opts.debug or opts.trace else (
         logging.WARNING if opts.quiet else logging.INFO)

@@ -43,8 +43,8 @@ async def serve(
 
                 async def watch_target() -> None:
                     nonlocal reason
-                    await gone()
-                    reason = "target namespace gone"
+                    why = await gone()  # a str says why, when it is not the namespace
+                    reason = why if isinstance(why, str) else "target namespace gone"
                     nursery.cancel_scope.cancel()
 
                 async def watch_signals() -> None:
