@@ -97,6 +97,7 @@ class Hub:
         self.sockets: dict[int, socket.socket] = {}
         self._kinds: dict[int, SocketKind] = {}
         self._connecting: set[int] = set()
+        self._peer_closed: set[int] = set()
         self._fd_handlers: dict[int, Callable[[int], None]] = {tap.fd: self._tap_ready}
         self._fd_flow: dict[int, int] = {}
         # An anonymous mapping never touched by MSG_TRUNC reads: costs no memory.
@@ -269,6 +270,7 @@ class Hub:
         sock = self.sockets.pop(flow, None)
         self._kinds.pop(flow, None)
         self._udp_listeners.pop(flow, None)
+        self._peer_closed.discard(flow)
         self._udp_diverts.pop(flow, None)
         self._connecting.discard(flow)
         if sock is not None:
@@ -357,6 +359,8 @@ class Hub:
                 return
         if mask & select.EPOLLOUT:
             self._tcp_writable(flow, sock)
+        if mask & (select.EPOLLRDHUP | select.EPOLLHUP):
+            self._peer_closed.add(flow)
         if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP):
             self._tcp_read(TcpRead(flow))
 
@@ -399,7 +403,11 @@ class Hub:
                 self.execute(tcp.eof(flow, self.now()))
                 return
             self.execute(tcp.data(flow, count, self.now()))
-            if count < sum(len(s) for s in slots) or flow not in self.sockets:
+            if flow not in self.sockets:
+                return
+            # A short peek drained the socket. If the peer's FIN was already queued, its
+            # readiness edge is spent: peek once more to see the end of the stream.
+            if count < sum(len(s) for s in slots) and flow not in self._peer_closed:
                 return
 
     def _tcp_send(self, action: TcpSend) -> None:

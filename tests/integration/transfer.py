@@ -6,7 +6,9 @@ and received, so the test compares hashes of both ends instead of trusting eithe
     transfer.py upload HOST PORT SIZE          # to the remote's sink: send, half-close, read reply
     transfer.py download HOST PORT SIZE        # from the remote's source
     transfer.py many HOST SINK SOURCE COUNT SEED   # COUNT concurrent uploads+downloads
-    transfer.py serve PORT                     # sink and source on one port: "up"/"down N"
+    transfer.py serve PORT sink|source         # container-side sink or source server
+    transfer.py rst-server PORT                # accept, read a little, abort with RST
+    transfer.py expect-reset HOST PORT         # send until the peer's RST arrives
     transfer.py hold HOST PORT                 # send to a server that never reads, until stalled
     transfer.py idle PORT                      # a server that accepts and never reads
     transfer.py reset HOST PORT SIZE           # send, then close with RST (SO_LINGER 0)
@@ -62,27 +64,55 @@ async def many(host: str, sink: int, source: int, count: int, seed: int) -> dict
     return {"connections": count, "bytes": sum(sizes), "mismatches": len(bad)}
 
 
-async def serve(port: int) -> None:
-    """``up``: read until EOF, reply with digest; ``down N``: send pattern(N), close."""
+async def serve(port: int, role: str) -> None:
+    """A container-side server: ``sink`` (read to EOF, reply "<sha256> <count>") or
+    ``source`` (read a line N, send pattern(N), close); the remote's servers do the same."""
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).decode().split()
-        if line and line[0] == "down":
-            for chunk in pattern_chunks(int(line[1])):
-                writer.write(chunk)
-                await writer.drain()
-        else:
-            digest, total = hashlib.sha256(), 0
-            while chunk := await reader.read(1 << 16):
-                digest.update(chunk)
-                total += len(chunk)
-            writer.write(f"{digest.hexdigest()} {total}\n".encode())
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        digest, total = hashlib.sha256(), 0
+        while chunk := await reader.read(1 << 16):
+            digest.update(chunk)
+            total += len(chunk)
+        writer.write(f"{digest.hexdigest()} {total}\n".encode())
+        await writer.drain()
+        writer.close()
+
+    async def source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for chunk in pattern_chunks(int(await reader.readline())):
+            writer.write(chunk)
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, None, port)
+    server = await asyncio.start_server({"sink": sink, "source": source}[role], None, port)
     print(json.dumps({"listening": port}), flush=True)
     await server.serve_forever()
+
+
+def rst_server(port: int) -> None:
+    """Accept, read a little, then abort the connection with RST (SO_LINGER 0)."""
+    server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    print(json.dumps({"listening": port}), flush=True)
+    while True:
+        conn = server.accept()[0]
+        conn.recv(1024)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+
+def expect_reset(host: str, port: int) -> dict:
+    """Send until the peer's reset arrives; report how it ended."""
+    sock = socket.create_connection((host, port), timeout=10)
+    try:
+        for chunk in pattern_chunks(256 << 20):
+            sock.sendall(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        outcome = "eof" if sock.recv(1) == b"" else "data"
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        outcome = type(exc).__name__
+    except TimeoutError:
+        outcome = "timeout"
+    sock.close()
+    return {"outcome": outcome}
 
 
 def hold(host: str, port: int) -> dict:
@@ -120,14 +150,17 @@ def reset(host: str, port: int, size: int) -> dict:
 
 def main(argv: list[str]) -> None:
     command, *args = argv
+    forever = {"idle": idle, "rst-server": rst_server}
     if command == "serve":
-        asyncio.run(serve(int(args[0])))
+        asyncio.run(serve(int(args[0]), args[1]))
         return
-    if command == "idle":
-        idle(int(args[0]))
+    if command in forever:
+        forever[command](int(args[0]))
         return
     if command == "hold":
         result = hold(args[0], int(args[1]))
+    elif command == "expect-reset":
+        result = expect_reset(args[0], int(args[1]))
     elif command == "reset":
         result = reset(args[0], int(args[1]), int(args[2]))
     else:
