@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,21 @@ def transfer(netns: sandbox.Netns, *args: object, timeout: float = 120) -> dict:
     return json.loads(result.stdout.decode().splitlines()[-1])
 
 
-def serve(netns: sandbox.Netns, *args: object) -> None:
+def serve(netns: sandbox.Netns, *args: object) -> sandbox.subprocess.Popen[bytes]:
     """Start a transfer.py server inside ``netns`` and wait until it listens."""
     process = netns.popen([sys.executable, TRANSFER, *map(str, args)],
                           stdout=sandbox.subprocess.PIPE)
     assert b"listening" in process.stdout.readline()
+    return process
+
+
+@pytest.fixture
+def remote_servers(topology: sandbox.Topology) -> Iterator[list]:
+    """Servers a test starts on the (session-wide) remote; ended when the test ends."""
+    started: list[sandbox.subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        sandbox.stop_popen(process)
 
 
 def start(pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
@@ -86,9 +97,10 @@ def test_half_close_namespace_still_receives_after_its_fin(pasta_net, container)
     assert up["peer_sha"] == up["sent_sha"]
 
 
-def test_reset_from_remote_reaches_namespace(pasta_net, container, topology) -> None:
+def test_reset_from_remote_reaches_namespace(pasta_net, container, topology,
+                                             remote_servers) -> None:
     start(pasta_net, container)
-    serve(topology.remote, "rst-server", FORWARDED + 2)
+    remote_servers.append(serve(topology.remote, "rst-server", FORWARDED + 2))
     result = transfer(container, "expect-reset", REMOTE_V4, FORWARDED + 2, timeout=60)
     assert result["outcome"] in ("ConnectionResetError", "BrokenPipeError")
 
@@ -100,11 +112,11 @@ def test_reset_from_namespace_reaches_remote_client(pasta_net, container, topolo
     assert result["outcome"] in ("ConnectionResetError", "BrokenPipeError")
 
 
-def test_server_that_never_reads_does_not_stall_other_flows(pasta_net, container,
-                                                            topology) -> None:
+def test_server_that_never_reads_does_not_stall_other_flows(pasta_net, container, topology,
+                                                            remote_servers) -> None:
     start(pasta_net, container)
-    serve(topology.remote, "idle", FORWARDED + 4)
-    holder = container.popen([sys.executable, TRANSFER, "hold", REMOTE_V4, FORWARDED + 4],
+    remote_servers.append(serve(topology.remote, "idle", FORWARDED + 4))
+    holder = container.popen([sys.executable, TRANSFER, "hold", REMOTE_V4, str(FORWARDED + 4)],
                              stdout=sandbox.subprocess.PIPE)
     up = transfer(container, "upload", REMOTE_V4, servers.SINK_PORT, 64 << 20)
     assert up["peer_sha"] == up["sent_sha"]
