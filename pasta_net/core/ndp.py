@@ -17,10 +17,15 @@ Theory of operation — the rules this file keeps:
   same message for the engine's periodic, unsolicited advertisements.
 * **What an RA says** (§4.2; RFC 8106): managed and other-config (DHCPv6 is there),
   current hop limit 255, router lifetime 65535 s (RFC 8319), our link-layer address,
-  the MTU when it is usable (≥ 1280), the prefix of ``addr6``/``prefix6`` on-link and
-  autonomous with infinite lifetimes, RDNSS from ``dns6`` and DNSSL from ``search`` —
+  the MTU when it is usable (≥ 1280), the /64 of ``addr6`` on-link and autonomous
+  with infinite lifetimes, RDNSS from ``dns6`` and DNSSL from ``search`` —
   all within one minimum-MTU packet (1280 bytes): DNS servers come first, and search
   domains that do not fit are left out.
+* **The prefix is always a /64**, whatever ``prefix6`` the host has, as in pasta:
+  SLAAC on Ethernet forms an address only from a 64-bit prefix (RFC 4862 §5.5.3 d,
+  RFC 4291 §2.5.1), and a host with a /128 or a /48 must still let the namespace
+  configure itself. The namespace's SLAAC address is then EUI-64, not ``addr6``: the
+  managed flag sends it to DHCPv6 for the host's exact address.
 * **Validation** (§6.1.1, §7.1.1): hop limit 255, code 0, the fixed part present,
   every option non-empty and inside the message, no source link-layer option and a
   solicited-node destination when the source is unspecified, no multicast target.
@@ -68,6 +73,7 @@ _SOLICITED_NODE_PREFIX = bytes.fromhex("ff0200000000000000000001ff")
 _INFINITE = 0xFFFFFFFF
 _ROUTER_LIFETIME = 65535
 _MIN_IPV6_MTU = 1280
+_SLAAC_PREFIX_LEN = 64
 _RA_BUDGET = _MIN_IPV6_MTU - 40
 _MAX_OPTIONS = 64
 
@@ -204,12 +210,12 @@ def build_router_advertisement(
         message += _option(
             NdpOption.PREFIX_INFORMATION,
             _PREFIX.pack(
-                plan.prefix6,
+                _SLAAC_PREFIX_LEN,
                 _PREFIX_ON_LINK_AUTONOMOUS,
                 _INFINITE,
                 _INFINITE,
                 0,
-                _prefix(plan.addr6, plan.prefix6),
+                _prefix(plan.addr6, _SLAAC_PREFIX_LEN),
             ),
         )
     head = _DNS_HEAD.pack(0, _INFINITE)

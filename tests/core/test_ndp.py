@@ -120,6 +120,14 @@ def test_kernel_router_solicitation() -> None:
     assert ra[ICMPv6NDOptPrefixInfo].prefix == "2001:db8::"
 
 
+@pytest.mark.parametrize("length", [48, 64, 96, 128])
+def test_prefix_is_the_64_bits_slaac_needs_whatever_the_host_has(length: int) -> None:
+    plan = wire.plan(addr6=wire.packed("2001:db8:1:2:3:4:5:6"), prefix6=length)
+    prefix = checked(ndp.build_router_advertisement(plan))[ICMPv6NDOptPrefixInfo]
+
+    assert (prefix.prefix, prefix.prefixlen, prefix.A) == ("2001:db8:1:2::", 64, 1)
+
+
 def test_periodic_advertisement_goes_to_all_nodes() -> None:
     ra = checked(ndp.build_router_advertisement(PLAN))
 
