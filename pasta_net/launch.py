@@ -38,6 +38,7 @@ from pasta_net.core.actions import SocketKind
 from pasta_net.core.engine import Engine, EngineConfig
 from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
+from pasta_net.core.udp import IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from pasta_net.options import IpConfig, Options, resolve_runas
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import ListenError, bind_forwards
@@ -59,6 +60,14 @@ __all__ = [
 log = logging.getLogger("pasta_net")
 
 RESOLV_CONF = "/etc/resolv.conf"
+# Test hooks, read from the environment rather than the command line: pasta's options
+# must stay exactly pasta's (one more long option changes which abbreviations are
+# unique), and tests must neither read the machine's resolv.conf nor wait 180 s for a
+# UDP flow to idle out.
+RESOLV_CONF_ENV = "PASTA_NET_RESOLV_CONF"
+"""Names the file read instead of :data:`RESOLV_CONF`."""
+UDP_TIMEOUT_ENV = "PASTA_NET_UDP_TIMEOUT"
+"""UDP flow idle timeout in seconds, instead of pasta's 180."""
 _READY = b"r"
 _SIOCGIFHWADDR = 0x8927
 _DEFAULT_MAC = bytes.fromhex("9a559a559a55")
@@ -247,7 +256,7 @@ def _packed(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes
 
 def _resolvers() -> tuple[tuple[bytes, ...], tuple[str, ...]]:
     try:
-        with open(RESOLV_CONF) as f:
+        with open(os.environ.get(RESOLV_CONF_ENV) or RESOLV_CONF) as f:
             servers, search = netconf.parse_resolv_conf(f.read())
     except OSError:
         return (), ()
@@ -300,8 +309,22 @@ def engine_config(options: Options, plan: AddressPlan, host: netconf.HostConfig,
         tcp=not options.no_tcp, udp=not options.no_udp, icmp=not options.no_icmp,
         dhcp=not options.no_dhcp, dhcpv6=not options.no_dhcpv6,
         ndp=not options.no_ndp, ra=not options.no_ra,
-        mapping=address_map(options, plan, host),
+        mapping=address_map(options, plan, host), udp_timeout=_udp_timeout(),
     )
+
+
+def _udp_timeout() -> float:
+    """pasta's UDP flow timeout, unless a test shortened it (see UDP_TIMEOUT_ENV)."""
+    text = os.environ.get(UDP_TIMEOUT_ENV)
+    if not text:
+        return UDP_IDLE_TIMEOUT
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout < float("inf"):
+        raise StartupError(f"Invalid {UDP_TIMEOUT_ENV}: {text}")
+    return timeout
 
 
 def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -> AddressMap:

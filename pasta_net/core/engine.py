@@ -58,7 +58,7 @@ from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.core.tcp import TcpTable
 from pasta_net.core.timers import Timers
-from pasta_net.core.udp import UdpTable
+from pasta_net.core.udp import IDLE_TIMEOUT, UdpTable
 
 __all__ = ["Engine", "EngineConfig"]
 
@@ -83,7 +83,7 @@ class EngineConfig:
     dhcpv6: bool = True
     ndp: bool = True
     ra: bool = True
-    udp_timeout: float = 180.0
+    udp_timeout: float = IDLE_TIMEOUT
     mapping: AddressMap = attrs.field(factory=AddressMap)
 
 

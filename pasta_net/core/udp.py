@@ -47,7 +47,10 @@ from pasta_net.core.frames import (
 if TYPE_CHECKING:
     from pasta_net.core.engine import Engine
 
-__all__ = ["UdpFlow", "UdpTable"]
+__all__ = ["IDLE_TIMEOUT", "UdpFlow", "UdpTable"]
+
+IDLE_TIMEOUT = 180.0
+"""Seconds a flow lives after its last datagram (pasta's default)."""
 
 _ICMP_UNREACH = struct.Struct("!BBHI")
 _UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
