@@ -8,6 +8,7 @@ test pattern, so both ends agree on the bytes without shipping files):
     arp IFNAME SENDER_IP TARGET_IP   "<target mac> <target ip>" of the ARP reply
     sink HOST PORT SIZE              send pattern(SIZE) to servers.py's sink; its answer
     fetch HOST PORT [SIZE]           "<sha256> <count>" of what arrives until EOF
+    http-get HOST PORT PATH          "<sha256> <count>" of the body of an HTTP/1.0 GET
     udp HOST PORT SIZE               "echoed <count>" once the same datagram came back
     serve-tcp PORT SIZE              "listening", then send pattern(SIZE) to one client
     serve-udp PORT                   "listening", then echo one datagram
@@ -72,6 +73,20 @@ def fetch(host: str, port: str, size: str | None = None) -> str:
         return receive_all(sock)
 
 
+def http_get(host: str, port: str, path: str) -> str:
+    """Fetch with HTTP/1.0 (the answer ends at EOF); the body's hash and length."""
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        response = sock.makefile("rb")
+        status = response.readline()
+        if b" 200 " not in status:
+            return f"HTTP status {status.decode(errors='replace').strip()}"
+        while response.readline().strip():
+            pass  # headers
+        body = response.read()
+    return f"{hashlib.sha256(body).hexdigest()} {len(body)}"
+
+
 def udp(host: str, port: str, size: str) -> str:
     payload = os.urandom(int(size))
     with socket.socket(family(host), socket.SOCK_DGRAM) as sock:
@@ -111,7 +126,7 @@ def serve_udp(port: str) -> str:
     return "served"
 
 
-COMMANDS = {"arp": arp, "sink": sink, "fetch": fetch, "udp": udp,
+COMMANDS = {"arp": arp, "sink": sink, "fetch": fetch, "http-get": http_get, "udp": udp,
             "serve-tcp": serve_tcp, "serve-udp": serve_udp}
 
 
