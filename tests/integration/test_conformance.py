@@ -14,8 +14,10 @@ pattern, compared by SHA-256 at both ends.
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +134,27 @@ def test_tcp_transfer_both_ways(guest: Guest) -> None:
     expected = f"{servers.pattern_sha256(TRANSFER)} {TRANSFER}"
     assert guest.tool("sink", sandbox.REMOTE_V4, servers.SINK_PORT, TRANSFER) == expected
     assert guest.tool("fetch", sandbox.REMOTE_V4, servers.SOURCE_PORT, TRANSFER) == expected
+
+
+def test_gateway_address_reaches_host_loopback(guest: Guest) -> None:
+    """The gateway's address maps to the host's loopback (pasta's default, no --no-map-gw)."""
+    size = 1 << 20
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+
+        def serve_once() -> None:
+            conn, _ = server.accept()
+            with conn:
+                for chunk in servers.pattern_chunks(size):
+                    conn.sendall(chunk)
+
+        thread = threading.Thread(target=serve_once)
+        thread.start()
+        try:
+            got = guest.tool("fetch", sandbox.GATEWAY_V4, server.getsockname()[1])
+        finally:
+            thread.join(30)
+    assert got == f"{servers.pattern_sha256(size)} {size}"
 
 
 def test_udp_echo(guest: Guest) -> None:

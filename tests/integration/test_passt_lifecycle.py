@@ -11,6 +11,9 @@ import subprocess
 from pathlib import Path
 
 import sandbox
+from scapy.layers.dhcp import DHCP
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap
 from test_conformance import dhcp, start_relay
 
 EXIT_TIMEOUT = 10.0
@@ -22,15 +25,18 @@ def passt_command(*args: str) -> list[str]:
 
 def test_one_off_exits_when_the_client_leaves(
         topology: sandbox.Topology, container: sandbox.Container, tmp_path: Path) -> None:
-    path = tmp_path / "passt.socket"
+    path, pcap = tmp_path / "passt.socket", tmp_path / "frames.pcap"
     with sandbox.ProgramRunner(passt_command("-1"), tmp_path, container) as runner:
-        running = runner.start(["-s", str(path)], attach=None, foreground=True)
+        running = runner.start(["-s", str(path), "-p", str(pcap)], attach=None,
+                               foreground=True)
         start_relay(container, "--socket", str(path))
         assert dhcp(container, "vm0")["ip"] == sandbox.HOST_V4
         container.close()  # ends the relay: the VM is gone
         assert running.wait(EXIT_TIMEOUT) == 0
     assert "client disconnected" in running.stderr
     assert not path.exists()
+    dhcp_senders = {frame[Ether].src for frame in rdpcap(str(pcap)) if DHCP in frame}
+    assert len(dhcp_senders) == 2  # both directions recorded, without the vnet header
 
 
 def test_fd_serves_an_inherited_socket(
