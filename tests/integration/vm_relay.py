@@ -83,7 +83,10 @@ def main() -> None:
     tap = open_tap(args.ifname)
     sock = connect(args.socket) if args.socket else socket.socket(fileno=args.fd)
     print("ready", flush=True)
-    relay(tap, sock)
+    try:
+        relay(tap, sock)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # pasta-net went away first: the VM is unplugged either way
 
 
 if __name__ == "__main__":
