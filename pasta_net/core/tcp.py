@@ -30,6 +30,18 @@ Connection lifecycle, as events rather than a big state machine (like passt's tc
 closed: send FIN once all data is out, ``fin_acked`` when the namespace acknowledges
 it). Both closed, or a reset from either side, removes the connection and its socket.
 
+Limits against a hostile namespace (DESIGN.md §6): at most :data:`MAX_CONNECTIONS`
+connections and :data:`MAX_HALF_OPEN` of them half-open (handshake not complete: a host
+connect pending, or our SYN to the namespace unanswered). A SYN flood to many
+destinations therefore holds at most :data:`MAX_HALF_OPEN` sockets: each new connection
+beyond either bound evicts the oldest half-open one (reset both ways), and only when
+every connection is established is the new one refused with a reset, so established
+connections are never sacrificed. A SYN must name unicast addresses that are not
+loopback and non-zero ports (as passt); anything else is dropped with a counter, so
+no frame can open a socket to the host's own loopback services. A reset is accepted
+only with a sequence number inside the window (RFC 9293 §3.10.7.4, RFC 5961 §3):
+one with an absurd sequence number cannot end a connection.
+
 Timers (one per connection, :class:`Timers` key ``("tcp", flow)``): handshake
 :data:`SYN_TIMEOUT`; retransmission of unacknowledged data from :data:`RTO_INITIAL`,
 doubling up to :data:`RTO_MAX`, reset after :data:`MAX_RETRIES`; zero-window probes;
@@ -56,17 +68,19 @@ from pasta_net.core.actions import (
     TcpSend,
     TcpShutdown,
 )
-from pasta_net.core.frames import IpPacket
+from pasta_net.core.frames import IpPacket, forwardable
 from pasta_net.core.tcpwire import ACK, FIN, PSH, RST, SYN, FrameTemplate, Segment, parse_segment
 
 if TYPE_CHECKING:
     from pasta_net.core.engine import Engine
 
-__all__ = ["MAX_CONNECTIONS", "TcpConn", "TcpTable"]
+__all__ = ["MAX_CONNECTIONS", "MAX_HALF_OPEN", "TcpConn", "TcpTable"]
 
 log = logging.getLogger("pasta_net.tcp")
 
 MAX_CONNECTIONS = 1 << 17
+MAX_HALF_OPEN = 1024
+"""Connections whose handshake is not complete (the kernel's own SYN backlog default)."""
 SYN_TIMEOUT = 10.0
 RTO_INITIAL = 0.2
 RTO_MAX = 8.0
@@ -82,7 +96,7 @@ _MAX_WINDOW = 0xFFFF << OUR_WSCALE
 _SEGMENT_MAX = 65535 - 60 - 20
 """Largest payload of one (GSO) frame: the IP length fields are 16 bits."""
 _READ_FRAMES = 4
-_POOL_SIZE = 64
+_POOL_SIZE = 16
 _MOD = 1 << 32
 _HALF = 1 << 31
 
@@ -143,6 +157,8 @@ class TcpTable:
         self.engine = engine
         self._by_key: dict[tuple[bytes, int, bytes, int], TcpConn] = {}
         self._by_flow: dict[int, TcpConn] = {}
+        self._half_open: dict[int, TcpConn] = {}
+        """Connections whose handshake is not complete, oldest first (insertion order)."""
         self.pool = [bytearray(65536 + 128) for _ in range(_POOL_SIZE)]
         self._pool_next = 0
         self._pending: list[tuple[memoryview, int]] = []
@@ -171,8 +187,11 @@ class TcpTable:
         must_ack = want_read = False
         for seg in segs:
             if seg.flags & RST:
-                self._remove(conn, actions, reset=True)
-                return
+                if self._reset_acceptable(conn, seg):
+                    self._remove(conn, actions, reset=True)
+                    return
+                self.engine.drop("tcp-bad-reset", f"flow {conn.flow} seq {seg.seq}")
+                continue
             if seg.flags & SYN:
                 must_ack |= self._syn_in_connection(conn, seg, now, actions)
                 continue
@@ -218,8 +237,11 @@ class TcpTable:
     ) -> None:
         engine = self.engine
         ns_addr, ns_port, peer, peer_port = key
-        if len(self._by_flow) >= MAX_CONNECTIONS:
-            log.warning("TCP connection table full (%d): refusing new connection", MAX_CONNECTIONS)
+        if not (forwardable(ns_addr) and forwardable(peer) and ns_port and peer_port):
+            engine.drop("bad-address", f"tcp syn {ns_addr.hex()}:{ns_port} -> "
+                                       f"{peer.hex()}:{peer_port}")
+            return
+        if not self._make_room(now, actions):
             template = self._template(ns_addr, ns_port, peer, peer_port)
             actions.append(SendFrames([self._frame(template, 0, (seg.seq + 1) % _MOD, RST | ACK)]))
             return
@@ -246,11 +268,39 @@ class TcpTable:
             conn.seq_from_ns = (seg.seq + 1) % _MOD
             conn.seq_acked_by_ns = seg.ack
             conn.established = True
+            self._half_open.pop(conn.flow, None)
             conn.last_progress = now
             self._schedule(conn, now + IDLE_TIMEOUT)
             actions.append(TcpRead(conn.flow))
             return True
         return False
+
+    def _make_room(self, now: float, actions: list[Action]) -> bool:
+        """Whether a new connection fits, evicting the oldest half-open one if needed."""
+        if len(self._half_open) < MAX_HALF_OPEN and len(self._by_flow) < MAX_CONNECTIONS:
+            return True
+        if not self._half_open:
+            self.engine.drop("tcp-table-full", f"{len(self._by_flow)} connections")
+            log.warning("TCP connection table full (%d): refusing new connection",
+                        len(self._by_flow))
+            return False
+        oldest = next(iter(self._half_open.values()))
+        self.engine.drop("tcp-half-open-evicted", f"flow {oldest.flow}")
+        self.failed(oldest.flow, 0, now, actions)
+        return True
+
+    def _reset_acceptable(self, conn: TcpConn, seg: Segment) -> bool:
+        """A reset from the namespace ends ``conn`` only if it belongs to it.
+
+        Before the namespace answered our SYN (inbound), it must acknowledge the SYN, as
+        the kernel's reply to a SYN for a closed port does (RFC 9293 §3.10.7.3).
+        Otherwise its sequence number must lie between what we acknowledged and the
+        largest window we can have offered (§3.10.7.4): the namespace may have sent
+        that much that we never saw.
+        """
+        if conn.inbound and not conn.established:
+            return bool(seg.flags & ACK) and seg.ack == conn.seq_to_ns
+        return 0 <= seq_sub(seg.seq, self._ack_value(conn)) <= _MAX_WINDOW + len(conn.tail)
 
     def _learn_syn(self, conn: TcpConn, seg: Segment) -> None:
         default_mss = 536 if conn.version == 4 else 1220
@@ -403,6 +453,7 @@ class TcpTable:
             return []
         conn.free = free
         conn.established = True
+        self._half_open.pop(flow, None)
         isn = random.getrandbits(32)
         # Our SYN counts as acknowledged from the start: a lost SYN-ACK shows up as a
         # retransmitted SYN, answered in _syn_in_connection.
@@ -436,6 +487,13 @@ class TcpTable:
         self._remove(conn, actions, reset=True)
         return True
 
+    def abort(self, key: tuple[bytes, int, bytes, int], actions: list[Action]) -> None:
+        """Reset the connection of ``key`` both ways: handling its segments hit a bug, and
+        its state can no longer be trusted (the engine logged the traceback)."""
+        conn = self._by_key.get(key)
+        if conn is not None:
+            self.failed(conn.flow, 0, conn.last_progress, actions)
+
     def accepted(
         self, flow: int, client: tuple[str, int], ns_port: int, now: float
     ) -> list[Action]:
@@ -445,9 +503,11 @@ class TcpTable:
         ns_addr = None
         if peer is not None:
             ns_addr = engine.plan.addr4 if len(peer) == 4 else engine.plan.addr6
-        if peer is None or ns_addr is None or len(self._by_flow) >= MAX_CONNECTIONS:
+        actions: list[Action] = []
+        if peer is None or ns_addr is None or not self._make_room(now, actions):
             log.info("cannot forward TCP connection from %s:%d", *client)
-            return [CloseSocket(flow, reset=True)]
+            actions.append(CloseSocket(flow, reset=True))
+            return actions
         conn = self._new_conn(flow, ns_addr, ns_port, peer, client[1])
         conn.inbound = True
         isn = random.getrandbits(32)
@@ -457,7 +517,8 @@ class TcpTable:
         self._add(conn)
         self._schedule(conn, now + SYN_TIMEOUT)
         frame = self._frame(conn.template, isn, 0, SYN, 0xFFFF, self._syn_options(conn))
-        return [SendFrames([frame])]
+        actions.append(SendFrames([frame]))
+        return actions
 
     # --------------------------------------------------- host → namespace data --
     def read_slots(self, flow: int) -> list[memoryview]:
@@ -475,7 +536,7 @@ class TcpTable:
         hlen = conn.template.hlen
         slots: list[memoryview] = []
         self._pending.clear()
-        frames = _READ_FRAMES if conn.template.offload else _POOL_SIZE // 2
+        frames = _READ_FRAMES if conn.template.offload else _POOL_SIZE
         while budget > 0 and len(slots) < frames:
             buf = self.pool[self._pool_next]
             self._pool_next = (self._pool_next + 1) % _POOL_SIZE
@@ -684,9 +745,11 @@ class TcpTable:
     def _add(self, conn: TcpConn) -> None:
         self._by_key[(conn.ns_addr, conn.ns_port, conn.peer, conn.peer_port)] = conn
         self._by_flow[conn.flow] = conn
+        self._half_open[conn.flow] = conn
 
     def _remove(self, conn: TcpConn, actions: list[Action], reset: bool) -> None:
         self._by_key.pop((conn.ns_addr, conn.ns_port, conn.peer, conn.peer_port), None)
         self._by_flow.pop(conn.flow, None)
+        self._half_open.pop(conn.flow, None)
         self.engine.timers.cancel(("tcp", conn.flow))
         actions.append(CloseSocket(conn.flow, reset=reset))

@@ -17,6 +17,7 @@ one it drives.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Sequence
 from typing import Protocol
@@ -50,8 +51,12 @@ class TapDevice:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         os.set_blocking(fd, False)
-        self._buffers = [bytearray(_BUFFER_SIZE) for _ in range(BATCH)]
-        self._views = [memoryview(b) for b in self._buffers]
+        # One anonymous mapping: pages become resident only once a frame that long has
+        # been read into them, so an idle daemon does not carry 2 MiB of zeroes.
+        self._region = mmap.mmap(-1, _BUFFER_SIZE * BATCH)
+        region = memoryview(self._region)
+        self._views = [region[i * _BUFFER_SIZE : (i + 1) * _BUFFER_SIZE] for i in range(BATCH)]
+        self._buffers = self._views
         self.write_drops = 0
 
     def read_batch(self) -> list[memoryview]:
