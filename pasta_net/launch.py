@@ -34,14 +34,15 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from pasta_net import netconf, netns, privileges, tun
-from pasta_net.core.actions import SocketKind
+from pasta_net.cli import ephemeral_ports
 from pasta_net.core.engine import Engine, EngineConfig
 from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.core.udp import IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from pasta_net.options import IpConfig, Options, resolve_runas
+from pasta_net.shell.forwarding import Forwarding
 from pasta_net.shell.hub import Hub
-from pasta_net.shell.listeners import ListenError, bind_forwards
+from pasta_net.shell.listeners import ListenError
 from pasta_net.shell.pcap import PcapWriter
 from pasta_net.shell.run import serve
 from pasta_net.shell.tap import FrameDevice, TapDevice
@@ -188,33 +189,35 @@ def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
         log.info("%s is up in %s%s", tap.name, target.name,
                  " (offloads on)" if tap.offload else "")
         watch = gone or (lambda: netns.wait_gone(target))
-        serve_frames(options, config, TapDevice(tap.fd), ready, watch)
+        serve_frames(options, config, TapDevice(tap.fd), ready, watch, ns_thread)
 
 
 def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
-                 ready: Callable[[], None], gone: Callable[[], Awaitable[object]]) -> None:
+                 ready: Callable[[], None], gone: Callable[[], Awaitable[object]],
+                 ns: netns.NetnsThread | None = None) -> None:
     """Drop privileges, bind the forwards, run the engine on ``device`` until ``gone()``
-    returns or a signal arrives: what pasta and passt mode share once their device is open."""
+    returns or a signal arrives: what pasta and passt mode share once their device is open.
+
+    ``ns`` (pasta mode) opens the namespace's sockets for splicing, -T/-U and ``auto``.
+    """
     privileges.drop_privileges(resolve_runas(options.runas) if options.runas else None)
     pcap = PcapWriter(options.pcap) if options.pcap else None
     hub = Hub(Engine(config), device, pcap)
     try:
-        trio.run(serve, hub, gone, ready, _forwarder(options))
+        trio.run(serve, hub, gone, ready, _forwarder(options, ns))
     finally:
         if pcap is not None:
             pcap.close()
 
 
-def _forwarder(options: Options) -> Callable:
-    """The ``setup`` step of :func:`serve`: bind ``-t``/``-u`` before we say "ready"."""
-    want4, want6 = not options.ipv6_only, not options.ipv4_only
+def _forwarder(options: Options, ns: netns.NetnsThread | None) -> Callable:
+    """The ``setup`` step of :func:`serve`: bind the forwards before we say "ready", then
+    keep ``auto`` in step (and close them all) in a task of the serving nursery."""
 
-    async def bind(hub: Hub, _nursery: trio.Nursery) -> None:
-        ports = options.ports
-        if ports.tcp and not options.no_tcp:
-            bind_forwards(hub, ports.tcp, SocketKind.TCP, "-t", want4, want6)
-        if ports.udp and not options.no_udp:
-            bind_forwards(hub, ports.udp, SocketKind.UDP, "-u", want4, want6)
+    async def bind(hub: Hub, nursery: trio.Nursery) -> None:
+        forwarding = Forwarding(hub, ns, options, ephemeral_ports())
+        forwarding.bind_command_line()
+        nursery.start_soon(forwarding.run)
 
     return bind
 

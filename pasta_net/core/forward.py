@@ -66,38 +66,49 @@ def bound_ports(table: str, state: int) -> set[int]:
     return ports
 
 
-def mirrored_ports(forwards: Iterable[PortForward], bound: Set[int]) -> set[int]:
-    """Listening ports of the auto rules among ``forwards`` whose target port is in ``bound``.
+def mirrored_ports(forwards: Iterable[PortForward], bound: Set[int]) -> dict[int, PortForward]:
+    """Listening ports of the auto rules among ``forwards`` whose target port is in
+    ``bound``, each with the first rule that wants it.
 
     Walks the bound ports, not the rules' ranges: a lone ``auto`` covers every
     non-ephemeral port, while only a handful are ever bound.
     """
-    wanted = set()
+    wanted: dict[int, PortForward] = {}
     for fwd in forwards:
         if not fwd.auto:
             continue
         offset = fwd.first - fwd.to_first
-        wanted.update(port + offset for port in bound if port + offset in fwd)
+        for port in bound:
+            if port + offset in fwd:
+                wanted.setdefault(port + offset, fwd)
     return wanted
 
 
-def is_loopback(addr: str) -> bool:
-    """Whether a socket address (``::ffff:127.0.0.1`` and ``fe80::1%lo`` included) is loopback."""
+def _ip(addr: str) -> IPAddress:
+    """A socket address as an IP address: scope dropped, IPv4-mapped IPv6 as IPv4."""
     ip = ipaddress.ip_address(addr.partition("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+        return ip.ipv4_mapped
+    return ip
 
 
-def spliced_target(version: int, to_addr: IPAddress | None, ns_addr: bytes | None,
-                   ns_loopback: bool) -> str:
-    """The namespace address a spliced -t/-u connection of IP ``version`` goes to.
+def is_loopback(addr: str) -> bool:
+    """Whether a peer's socket address (``::ffff:127.0.0.1`` included) is a loopback one."""
+    return _ip(addr).is_loopback
 
-    ``ns_addr`` is the namespace's own address of that version (None when it has none:
-    the loopback is then the only way in).
+
+def spliced_target(client: str, to_addr: str | None, ns_addr4: bytes | None,
+                   ns_addr6: bytes | None, ns_loopback: bool) -> str:
+    """The namespace address a spliced -t/-u connection from host-loopback ``client`` goes to.
+
+    The family is the client's (a dual-stack listener sees IPv4 clients as
+    ``::ffff:127.0.0.1``). ``ns_addr4``/``ns_addr6`` are the namespace's own addresses,
+    None where it has none: its loopback is then the only way in.
     """
     if to_addr is not None:
-        return str(to_addr)
+        return to_addr
+    version = _ip(client).version
+    ns_addr = ns_addr4 if version == 4 else ns_addr6
     if ns_loopback or ns_addr is None:
         return LOOPBACK[version]
     return str(ipaddress.ip_address(ns_addr))

@@ -34,7 +34,9 @@ from pasta_net.core.portspec import PortForward, PortSpec
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.splice import SocketFactory, host_socket
 
-__all__ = ["Binding", "ListenError", "Listener", "bind_forwards", "bind_port", "close_listeners"]
+__all__ = [
+    "Binding", "ListenError", "Listener", "bind_forwards", "bind_port", "close_listeners", "to_tap",
+]
 
 log = logging.getLogger("pasta_net.listeners")
 
@@ -173,7 +175,7 @@ def bind_port(hub: Hub, forward: PortForward, port: int, kind: SocketKind, want4
 def _register(hub: Hub, listener: Listener, binding: Binding) -> None:
     fd = listener.sock.fileno()
     if listener.kind is SocketKind.TCP:
-        handle = binding.accept or functools.partial(_to_tap, hub)
+        handle = binding.accept or functools.partial(to_tap, hub)
         hub.add_fd(fd, select.EPOLLIN, lambda _mask: _accept(hub, listener, handle))
     else:
         divert = binding.divert(listener) if binding.divert is not None else None
@@ -194,7 +196,7 @@ def _accept(hub: Hub, listener: Listener, handle: AcceptHandler) -> None:
         handle(listener, conn, client[:2])
 
 
-def _to_tap(hub: Hub, listener: Listener, conn: socket.socket, client: tuple[str, int]) -> None:
+def to_tap(hub: Hub, listener: Listener, conn: socket.socket, client: tuple[str, int]) -> None:
     """The tap path: the engine opens the connection towards the namespace."""
     engine = hub.engine
     flow = engine.new_flow_id()

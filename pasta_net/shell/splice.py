@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 from pasta_net.shell.hub import Hub
 
-__all__ = ["PIPE_SIZE", "SocketFactory", "SpliceTable", "host_socket"]
+__all__ = ["PIPE_SIZE", "SocketFactory", "SpliceTable", "host_socket", "reset"]
 
 log = logging.getLogger("pasta_net.splice")
 
@@ -224,7 +224,7 @@ class SpliceTable:
             peer = new_socket(family, socket.SOCK_STREAM)
         except OSError as exc:
             log.warning("cannot splice a connection to %s:%d: %s", *target, exc.strerror)
-            _reset(accepted)
+            reset(accepted)
             return
         pair = _Pair(self, accepted, peer)
         self._pairs.add(pair)
@@ -243,6 +243,7 @@ class SpliceTable:
             pair.abort()
 
 
-def _reset(sock: socket.socket) -> None:
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with an RST: a connection we cannot (or must not) serve."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     sock.close()

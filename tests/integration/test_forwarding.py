@@ -1,0 +1,335 @@
+"""Port forwarding end to end: the loopback splice both ways (-t, -T), the UDP relay (-u,
+-U), ``auto`` mirroring, remapped and address-bound forwards, and bind conflicts.
+
+Bulk transfers are compared by SHA-256 at both ends. Every server runs in the container
+or on the sandbox host's loopback; nothing leaves the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sandbox
+from netsockets import Responder, socket_in, whoami
+from sandbox import HOST_V4, HOST_V6
+
+TRANSFER = str(Path(__file__).with_name("transfer.py"))
+BIG = 256 << 20
+PORT = 8800
+"""Forwarded ports are PORT + n; container servers listen on these or remapped ones."""
+NONE = ["-t", "none", "-u", "none", "-T", "none", "-U", "none"]
+AUTO_DEADLINE = 2.0
+"""How soon after a server appears (or goes) its mirror must follow (pasta: 1 s scans)."""
+LOOPBACKS = pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"], ids=["v4", "v6"])
+
+
+def start(pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
+          *args: str) -> sandbox.Running:
+    """pasta-net with --config-net, and nothing forwarded but what ``args`` say."""
+    given = {args[i] for i in range(0, len(args) - 1) if args[i] in ("-t", "-u", "-T", "-U")}
+    defaults = [arg for i in range(0, len(NONE), 2) if NONE[i] not in given
+                for arg in NONE[i:i + 2]]
+    running = pasta_net.start(["--config-net", *defaults, *args])
+    container.wait_for_address(HOST_V6)
+    return running
+
+
+def transfer(argv: list[str], netns: sandbox.Netns | None = None,
+             timeout: float = 120) -> dict:
+    """transfer.py in ``netns`` (None: the sandbox host); its JSON line."""
+    command = [sys.executable, TRANSFER, *argv]
+    result = (netns.run(command, timeout=timeout) if netns is not None
+              else sandbox.run_command(command, timeout=timeout))
+    return json.loads(result.stdout.decode().splitlines()[-1])
+
+
+def serve(netns: sandbox.Netns, port: int, role: str) -> subprocess.Popen[bytes]:
+    """A transfer.py sink or source server in ``netns``, listening when this returns."""
+    process = netns.popen([sys.executable, TRANSFER, "serve", str(port), role],
+                          stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    assert b"listening" in process.stdout.readline()
+    return process
+
+
+@pytest.fixture
+def host_serve() -> Iterator[Callable[[int, str], None]]:
+    """Factory: a transfer.py server on the sandbox host (every address), ended after."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int, role: str) -> None:
+        process = subprocess.Popen([sys.executable, TRANSFER, "serve", str(port), role],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        processes.append(process)
+        assert process.stdout is not None
+        assert b"listening" in process.stdout.readline()
+
+    yield start
+    for process in processes:
+        sandbox.stop_popen(process)
+
+
+def upload_and_download(host: str, port: int, netns: sandbox.Netns | None = None) -> None:
+    """BIG bytes to the sink at ``port`` and BIG bytes from the source at ``port + 1``."""
+    up = transfer(["upload", host, str(port), str(BIG)], netns)
+    assert (up["peer_got"], up["peer_sha"]) == (BIG, up["sent_sha"])
+    down = transfer(["download", host, str(port + 1), str(BIG)], netns)
+    assert (down["got"], down["got_sha"]) == (BIG, down["expected_sha"])
+
+
+# ---------------------------------------------------------------- splice --
+@LOOPBACKS
+def test_spliced_256_mib_each_way_from_host_loopback(pasta_net, container, loopback) -> None:
+    start(pasta_net, container, "-t", f"{PORT}-{PORT + 1}")
+    serve(container, PORT, "sink")
+    serve(container, PORT + 1, "source")
+    upload_and_download(loopback, PORT)
+
+
+def peer_seen(container: sandbox.Container, port: int, connect: tuple[str, int],
+              bind: str = "::") -> str:
+    """Connect from the sandbox host to ``connect``; the address a server bound to
+    ``bind``:``port`` in the container saw the connection come from."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with (socket_in(container.path, family, socket.SOCK_STREAM, (bind, port)) as server,
+          socket.create_connection(connect, timeout=5)):
+        conn, peer = server.accept()
+        conn.close()
+    return peer[0].removeprefix("::ffff:")
+
+
+@pytest.mark.parametrize(("options", "seen"), [
+    ([], HOST_V4),
+    (["--host-lo-to-ns-lo"], "127.0.0.1"),
+    (["--no-splice"], sandbox.GATEWAY_V4),
+], ids=["splice", "host-lo-to-ns-lo", "no-splice"])
+def test_host_loopback_client_path(pasta_net, container, options, seen) -> None:
+    """Spliced, a host-loopback client reaches the namespace's own address over its
+    loopback (pasta ≥ 2024), or its 127.0.0.1 with --host-lo-to-ns-lo; without the
+    splice it comes through the tap from the --map-host-loopback address."""
+    start(pasta_net, container, "-t", str(PORT), *options)
+    assert peer_seen(container, PORT, ("127.0.0.1", PORT)) == seen
+
+
+@LOOPBACKS
+def test_spliced_256_mib_each_way_from_namespace_loopback(pasta_net, container, host_serve,
+                                                           loopback) -> None:
+    """-T: the container's loopback reaches servers on the host's loopback."""
+    host_serve(PORT, "sink")
+    host_serve(PORT + 1, "source")
+    start(pasta_net, container, "-T", f"{PORT}-{PORT + 1}")
+    upload_and_download(loopback, PORT, container)
+
+
+def spliced_pair(container: sandbox.Container,
+                 port: int) -> tuple[socket.socket, socket.socket]:
+    """(host-loopback client, its connection as accepted in the container)."""
+    with socket_in(container.path, socket.AF_INET6, socket.SOCK_STREAM, ("::", port)) as server:
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn = server.accept()[0]
+    conn.settimeout(5)
+    return client, conn
+
+
+def test_half_close_travels_both_ways(pasta_net, container) -> None:
+    start(pasta_net, container, "-t", str(PORT))
+    client, server = spliced_pair(container, PORT)
+    with client, server:
+        server.sendall(b"bye")
+        server.shutdown(socket.SHUT_WR)
+        assert client.recv(10) == b"bye"
+        assert client.recv(10) == b""  # the server's FIN
+        client.sendall(b"still talking")
+        assert server.recv(100) == b"still talking"
+        client.shutdown(socket.SHUT_WR)
+        assert server.recv(100) == b""
+
+
+def _abort(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_reset_travels_both_ways(pasta_net, container) -> None:
+    start(pasta_net, container, "-t", str(PORT))
+    client, server = spliced_pair(container, PORT)
+    with client:
+        _abort(server)
+        with pytest.raises(ConnectionResetError):
+            client.recv(10)
+    client, server = spliced_pair(container, PORT)
+    with server:
+        client.sendall(b"x")
+        assert server.recv(1) == b"x"
+        _abort(client)
+        with pytest.raises(ConnectionResetError):
+            server.recv(10)
+
+
+def test_refused_in_the_namespace_is_a_reset_on_the_host(pasta_net, container) -> None:
+    start(pasta_net, container, "-t", str(PORT))
+    with (socket.create_connection(("127.0.0.1", PORT), timeout=5) as client,
+          pytest.raises(ConnectionResetError)):
+        client.recv(10)
+
+
+# ------------------------------------------------------------- UDP relay --
+def udp_ask(netns: sandbox.Netns | None, server: tuple[str, int],
+            bind_port: int = 0) -> tuple[bytes, tuple[str, int]]:
+    """Send one datagram from ``netns`` to ``server``; (the reply, where it came from)."""
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket_in(netns and netns.path, family, bind=("", bind_port)) as sock:
+        sock.sendto(b"who", server)
+        reply, peer = sock.recvfrom(1000)
+    return reply, peer[:2]
+
+
+@LOOPBACKS
+def test_udp_from_host_loopback_is_relayed_without_the_tap(pasta_net, container,
+                                                            loopback) -> None:
+    start(pasta_net, container, "-u", f"{PORT}:{PORT + 7}")
+    server = socket_in(container.path, socket.AF_INET6, bind=("::", PORT + 7))
+    with Responder(whoami, [server]):
+        reply, peer = udp_ask(None, (loopback, PORT), bind_port=PORT + 20)
+    seen_addr, seen_port = reply.decode().split()
+    assert peer == (loopback, PORT)
+    own = HOST_V4 if loopback == "127.0.0.1" else HOST_V6
+    assert (seen_addr.removeprefix("::ffff:"), int(seen_port)) == (own, PORT + 20)
+
+
+@LOOPBACKS
+def test_udp_from_namespace_loopback_reaches_host_loopback(pasta_net, container,
+                                                            loopback) -> None:
+    """-U: the host's server sees the loopback address and the port the client used."""
+    family = socket.AF_INET6 if ":" in loopback else socket.AF_INET
+    start(pasta_net, container, "-U", str(PORT))
+    with Responder(whoami, [socket_in(None, family, bind=(loopback, PORT))]):
+        reply, peer = udp_ask(container, (loopback, PORT), bind_port=PORT + 21)
+    assert peer == (loopback, PORT)
+    assert reply.decode() == f"{loopback} {PORT + 21}"
+
+
+# ------------------------------------------------- remapped, address-bound --
+def test_remapped_forward_reaches_the_target_port_both_paths(pasta_net, container,
+                                                              topology) -> None:
+    start(pasta_net, container, "-t", f"{PORT}-{PORT + 1}:{PORT + 10}-{PORT + 11}")
+    assert peer_seen(container, PORT + 11, ("127.0.0.1", PORT + 1)) == HOST_V4
+    serve(container, PORT + 10, "source")
+    down = transfer(["download", HOST_V4, str(PORT), str(1 << 20)], topology.remote)
+    assert (down["got"], down["got_sha"]) == (1 << 20, down["expected_sha"])
+
+
+def refused(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("bound", "other"), [("127.0.0.1", HOST_V4), ("::1", HOST_V6)],
+                         ids=["v4", "v6"])
+def test_address_bound_forward_listens_on_that_address_only(pasta_net, container, bound,
+                                                            other) -> None:
+    start(pasta_net, container, "-t", f"[{bound}]/{PORT}:{PORT + 3}")
+    assert refused((other, PORT))
+    assert peer_seen(container, PORT + 3, (bound, PORT)) == (HOST_V4 if "." in bound
+                                                             else HOST_V6)
+
+
+# ------------------------------------------------------------------ auto --
+def host_listening(proto: str, port: int) -> bool:
+    lines = sandbox.run_command(["ss", "-Hln", f"-{proto[0]}", f"sport = :{port}"]).stdout
+    return bool(lines.strip())
+
+
+def test_auto_mirrors_a_container_server_while_it_runs(pasta_net, container) -> None:
+    """With no -t/-u/-T/-U at all, pasta forwards ``auto`` in all four directions."""
+    pasta_net.start(["--config-net"])
+    container.wait_for_address(HOST_V6)
+    assert not host_listening("tcp", PORT)
+    server = serve(container, PORT, "source")
+    began = time.monotonic()
+    sandbox.wait_until(lambda: host_listening("tcp", PORT), AUTO_DEADLINE, "mirror")
+    appeared = time.monotonic() - began
+    down = transfer(["download", "127.0.0.1", str(PORT), str(1 << 20)])
+    assert (down["got"], down["got_sha"]) == (1 << 20, down["expected_sha"])
+    sandbox.stop_popen(server)
+    began = time.monotonic()
+    sandbox.wait_until(lambda: not host_listening("tcp", PORT), AUTO_DEADLINE, "release")
+    assert appeared < AUTO_DEADLINE and time.monotonic() - began < AUTO_DEADLINE
+
+
+def test_auto_udp_and_namespace_direction(pasta_net, container) -> None:
+    """-u auto mirrors a container's UDP server; -T auto a host loopback server into the
+    container, and not back again (our own listeners are never taken for servers)."""
+    start(pasta_net, container, "-u", "auto", "-T", "auto")
+    with Responder(whoami, [socket_in(container.path, socket.AF_INET, bind=("", PORT))]):
+        sandbox.wait_until(lambda: host_listening("udp", PORT), AUTO_DEADLINE, "udp mirror")
+        reply, _peer = udp_ask(None, ("127.0.0.1", PORT))
+        assert reply.decode().split()[0] == HOST_V4
+    sandbox.wait_until(lambda: not host_listening("udp", PORT), AUTO_DEADLINE, "udp release")
+    with socket_in(None, socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", PORT + 1)):
+        sandbox.wait_until(lambda: any(e.port == PORT + 1 for e in container.listening()),
+                           AUTO_DEADLINE, "-T mirror")
+        time.sleep(1.5)  # two scans: a -t mirror of our own -T listener would show now
+        assert not host_listening("tcp", PORT + 1) or _only_ours(PORT + 1)
+
+
+def _only_ours(port: int) -> bool:
+    """Whether the host's only listener on ``port`` is the test's own socket."""
+    lines = sandbox.run_command(["ss", "-Hlnt", f"sport = :{port}"]).stdout.splitlines()
+    return len(lines) == 1
+
+
+def test_auto_range_limits_the_mirrored_ports(pasta_net, container) -> None:
+    start(pasta_net, container, "-t", f"{PORT}-{PORT + 1},auto")
+    serve(container, PORT + 1, "source")
+    serve(container, PORT + 2, "source")
+    sandbox.wait_until(lambda: host_listening("tcp", PORT + 1), AUTO_DEADLINE, "mirror")
+    time.sleep(1.2)
+    assert not host_listening("tcp", PORT) and not host_listening("tcp", PORT + 2)
+
+
+def test_auto_skips_ports_taken_on_the_host_quietly(pasta_net, container) -> None:
+    with socket_in(None, socket.AF_INET6, socket.SOCK_STREAM, ("::", PORT)):
+        running = start(pasta_net, container, "-t", "auto")
+        serve(container, PORT, "source")
+        serve(container, PORT + 1, "source")
+        sandbox.wait_until(lambda: host_listening("tcp", PORT + 1), AUTO_DEADLINE, "mirror")
+    assert "8800" not in running.stderr
+
+
+# ------------------------------------------------------ errors and exit --
+def test_bind_conflict_is_an_error_with_pasta_wording(pasta_net, container) -> None:
+    with socket_in(None, socket.AF_INET, socket.SOCK_STREAM, ("0.0.0.0", PORT)):
+        result = pasta_net.run_cli(["--config-net", "--netns", str(container.path),
+                                    *NONE[2:], "-t", f"{PORT}-{PORT}:80-80"])
+    assert result.returncode == 1
+    assert (f"Failed to bind port {PORT} (Address already in use) for option "
+            f"'-t {PORT}-{PORT}:80-80', exiting") in result.stderr
+    assert not any(a.ifname != "lo" for a in container.addresses()), "nothing left behind"
+
+
+def test_sigterm_closes_listeners_and_spliced_connections(pasta_net, container) -> None:
+    running = start(pasta_net, container, "-t", str(PORT), "-T", str(PORT + 1))
+    client, server = spliced_pair(container, PORT)
+    with client, server:
+        assert running.stop() in (0, None)
+        with pytest.raises(ConnectionResetError):  # we reset what we splice as we go
+            client.recv(10)
+    for address in (("127.0.0.1", PORT), ("::", PORT)):
+        with socket.create_server(address, family=socket.AF_INET6 if ":" in address[0]
+                                  else socket.AF_INET):
+            pass
+    with socket_in(container.path, socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", PORT + 1)):
+        pass
+
