@@ -13,7 +13,10 @@ Rules this file keeps:
 
 1. Hostile input is dropped here and only here: any :class:`MalformedFrame` raised by
    a parser or handler becomes a counter (``drops[reason]``) and one debug line; it
-   never escapes to the shell and never affects another flow.
+   never escapes to the shell and never affects another flow. Any other exception is
+   our bug, not the namespace's: it is logged with its traceback and counted
+   (``internal-error``); the frame is dropped, or the TCP connection whose segments
+   raised it is reset, and every other flow goes on (a crash would end them all).
 2. Dispatch is by table (ethertype, then IP protocol, then UDP port), not by if-ladder.
 3. TCP segments of one batch are grouped per connection before they are handled, so a
    connection gets one ``sendmsg`` and one ACK per batch (passt's "sequences").
@@ -49,6 +52,7 @@ from pasta_net.core.frames import (
     IPPROTO_UDP,
     IpPacket,
     MalformedFrame,
+    forwardable,
     parse_ethernet,
     parse_ip,
     parse_udp,
@@ -142,11 +146,21 @@ class Engine:
                 self._frame(frame, now, actions, batch)
             except MalformedFrame as exc:
                 self.drop(exc.reason, str(exc))
+            except Exception:
+                self._internal_error("frame")
         if batch:
             for key, segments in batch.items():
-                self.tcp.segments(key, segments, now, actions)
+                try:
+                    self.tcp.segments(key, segments, now, actions)
+                except Exception:
+                    self._internal_error("tcp segments")
+                    self.tcp.abort(key, actions)
             batch.clear()
         return actions
+
+    def _internal_error(self, what: str) -> None:
+        self.drops["internal-error"] += 1
+        log.exception("internal error handling %s: dropped", what)
 
     def _frame(
         self, frame: memoryview, now: float, actions: list[Action], batch: defaultdict[tuple, list]
@@ -210,6 +224,9 @@ class Engine:
         if request is None:
             self.drop("unsupported", "icmp type")
             return
+        if not (forwardable(packet.src) and forwardable(packet.dst)):
+            self.drop("bad-address", f"echo request to {packet.dst.hex()}")
+            return
         key = (packet.version, packet.src, packet.dst, request.ident)
         flow = self._pings.get(key)
         if flow is None:
@@ -245,6 +262,11 @@ class Engine:
             return
         if not self.config.udp:
             self.drop("disabled", "udp")
+            return
+        if not (forwardable(packet.src) and forwardable(packet.dst) and datagram.sport
+                and datagram.dport):
+            # mDNS, SSDP and other multicast, broadcast, loopback: never onto the host
+            self.drop("bad-address", f"udp {packet.dst.hex()}:{datagram.dport}")
             return
         self.udp.from_namespace(packet, datagram, now, actions)
 

@@ -43,6 +43,7 @@ __all__ = [
     "build_ip",
     "build_ip_frame",
     "build_udp",
+    "forwardable",
     "iter_tlv",
     "l4_checksum",
     "parse_arp",
@@ -69,6 +70,7 @@ _IPV6 = struct.Struct("!IHBB16s16s")
 _UDP = struct.Struct("!HHHH")
 _EXT = struct.Struct("!BB")
 _VNET_ZERO = bytes(VNET_HDR_LEN)
+_ZERO80 = bytes(10)
 
 # IPv6 extension headers we step over to find the upper layer (RFC 8200 §4).
 # Fragments (44) are not reassembled, like pasta: such packets are dropped.
@@ -200,6 +202,21 @@ def parse_udp(l4: memoryview) -> UdpDatagram:
     if length < _UDP.size or length > len(l4):
         raise MalformedFrame("bad-header", "udp length")
     return UdpDatagram(sport, dport, l4[_UDP.size : length])
+
+
+def forwardable(addr: bytes) -> bool:
+    """Whether a flow from the namespace may name ``addr`` as an endpoint on the host.
+
+    Not unspecified, loopback, multicast or broadcast (passt's ``inany_is_unicast``, plus
+    loopback): a socket connected to ``0.0.0.0``, ``127.x``, ``::``, ``::1`` or an
+    IPv4-mapped ``::ffff:127.x`` reaches the host's own loopback services, which only the
+    explicit mappings (``--map-host-loopback``, the gateway unless ``--no-map-gw``) may
+    offer. IPv4 ``0/8``, ``127/8`` and ``224/3``; IPv6 ``::/80`` (unspecified, loopback,
+    compatible, mapped) and ``ff00::/8``.
+    """
+    if len(addr) == 4:
+        return addr[0] not in (0, 127) and addr[0] < 224
+    return addr[0] != 0xFF and addr[:10] != _ZERO80
 
 
 def l4_checksum(src: bytes, dst: bytes, proto: int, l4: bytes | bytearray | memoryview) -> int:

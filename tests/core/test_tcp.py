@@ -274,10 +274,11 @@ def test_inbound_connection_handshake_keeps_client_address():
     assert TcpRead(flow) in actions
 
 
-def test_table_full_refuses_new_connections(monkeypatch):
+def test_table_full_of_established_connections_refuses_new_ones(monkeypatch):
     monkeypatch.setattr("pasta_net.core.tcp.MAX_CONNECTIONS", 1)
     eng = engine()
-    eng.receive_frames([seg("S", 1, sport=1)], now=0.0)
+    [open_] = eng.receive_frames([seg("S", 1, sport=1)], now=0.0)
+    eng.tcp.connected(open_.flow, 50_000, now=0.0)
     [rst] = frames_of(eng.receive_frames([seg("S", 1, sport=2)], now=0.0))
     assert "R" in rst[TCP].flags
     assert MAX_CONNECTIONS >= 65536
