@@ -6,9 +6,11 @@ A flow is one (namespace address, namespace port, peer address, peer port) four-
 Outbound (the namespace sends first): the engine opens a host UDP socket for the flow,
 asking the shell to bind the namespace's source port when it is free on the host (any
 port otherwise) and to connect it to the peer, so that only that peer's replies arrive
-on it and ICMP errors come back as ``ECONNREFUSED``. Inbound (``-u`` forwards): the
-shell's listener reports a datagram from a client; the flow then sends through the
-listener socket, so replies leave from the forwarded port.
+on it and ICMP errors come back as ``ECONNREFUSED`` (or ``EHOSTUNREACH``...). Inbound
+(``-u`` forwards): the shell's listener reports a datagram from a client; the flow then
+sends through the listener socket, so replies leave from the forwarded port, and ICMP
+errors come from the listener's error queue, which names the client. Either way the
+namespace gets the matching ICMP/ICMPv6 destination unreachable from the peer.
 
 Replies are framed with the address the namespace used as source (not the mapped host
 address), so DNS forwarding and loopback mapping are invisible to the namespace.
@@ -53,7 +55,12 @@ IDLE_TIMEOUT = 180.0
 """Seconds a flow lives after its last datagram (pasta's default)."""
 
 _ICMP_UNREACH = struct.Struct("!BBHI")
-_UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+_UNREACHABLE_CODES = {
+    errno.ECONNREFUSED: (3, 4),  # port unreachable (ICMPv6: port unreachable)
+    errno.EHOSTUNREACH: (1, 3),  # host unreachable (ICMPv6: address unreachable)
+    errno.ENETUNREACH: (0, 0),  # network unreachable (ICMPv6: no route)
+}
+"""The ICMP and ICMPv6 destination-unreachable codes that the kernel turned into errno."""
 
 
 @attrs.define(eq=False, slots=True)
@@ -191,22 +198,36 @@ class UdpTable:
     def failed(self, socket: int, err: int, now: float, actions: list[Action]) -> None:
         """The socket of a flow reported ``err``: reflect unreachability, keep the flow."""
         flow = self._by_socket.get(socket)
-        if flow is None:
-            return
-        if err in _UNREACHABLE_ERRNOS:
-            actions.append(SendFrames([self._port_unreachable(flow)]))
+        if flow is not None:
+            self._reflect(flow, err, actions)
 
-    def _port_unreachable(self, flow: UdpFlow) -> bytes:
-        """ICMP(v6) port unreachable, quoting a minimal copy of the offending datagram."""
+    def listener_error(
+        self, listener: int, client: tuple[str, int], err: int, actions: list[Action]
+    ) -> None:
+        """The ``-u`` listener's error queue holds ``err`` for a datagram sent to ``client``:
+        reflect it on the inbound flow of that client (a listener is never connected, so
+        this is the only way an error names whom it is about)."""
+        flow = self._inbound.get((listener, client[0], client[1]))
+        if flow is not None:
+            self._reflect(flow, err, actions)
+
+    def _reflect(self, flow: UdpFlow, err: int, actions: list[Action]) -> None:
+        codes = _UNREACHABLE_CODES.get(err)
+        if codes is not None:
+            actions.append(SendFrames([self._unreachable(flow, *codes)]))
+
+    def _unreachable(self, flow: UdpFlow, code4: int, code6: int) -> bytes:
+        """ICMP(v6) destination unreachable from the peer, quoting a minimal copy of the
+        offending datagram (what the namespace's kernel needs to find its socket)."""
         quoted_udp = struct.pack("!HHHH", flow.ns_port, flow.peer_port, 8, 0)
         quoted = build_ip(flow.ns_addr, flow.peer, 17, quoted_udp)
         plan = self.engine.plan
         if flow.version == 4:
-            message = bytearray(_ICMP_UNREACH.pack(3, 3, 0, 0) + quoted)
+            message = bytearray(_ICMP_UNREACH.pack(3, code4, 0, 0) + quoted)
             struct.pack_into("!H", message, 2, checksum(message))
             proto = IPPROTO_ICMP
         else:
-            message = bytearray(_ICMP_UNREACH.pack(1, 4, 0, 0) + quoted)
+            message = bytearray(_ICMP_UNREACH.pack(1, code6, 0, 0) + quoted)
             struct.pack_into(
                 "!H", message, 2, l4_checksum(flow.peer, flow.ns_addr, IPPROTO_ICMPV6, message)
             )

@@ -10,7 +10,9 @@ one engine call per tap batch, one task switch for any number of sockets.
 Edge-triggered rules this file keeps: after an event, a socket is read or written until
 ``EAGAIN`` or until the engine has no room (it then asks again with :class:`TcpRead`
 when the namespace opens its window); a write that was refused is retried only on the
-next ``EPOLLOUT`` edge, which the refusal itself arms.
+next ``EPOLLOUT`` edge, which the refusal itself arms. Datagram sockets are consumed as
+they are read, so they are level-triggered instead: each wake-up reads a bounded batch
+per socket, and a socket with more waiting is simply reported again.
 
 Rule for the executor (as mitmproxy's server loop): it is synchronous. Actions run in
 order; results fed back to the engine return more actions, which run at once
@@ -56,7 +58,7 @@ log = logging.getLogger("pasta_net.hub")
 SO_PEEK_OFF = 42
 _ET = select.EPOLLET
 _TCP_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | _ET
-_DGRAM_EVENTS = select.EPOLLIN | _ET
+_DGRAM_EVENTS = select.EPOLLIN
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _PING_PROTO = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
 _KIND_TYPE = {
@@ -68,6 +70,9 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 _DISCARD_CHUNK = 1 << 22
 _MAX_EVENTS = 256
 _DGRAM_BATCH = 64
+IP_RECVERR, IPV6_RECVERR = 11, 25  # <linux/in.h>, <linux/in6.h>; not in Python's socket
+_ERRQUEUE_CMSG = frozenset({(socket.SOL_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)})
+_EE_ERRNO = struct.Struct("=I")  # struct sock_extended_err starts with ee_errno
 _FREE_SPACE_QUERY = 16384
 
 
@@ -263,6 +268,11 @@ class Hub:
         self._udp_listeners[flow] = ns_port
         if divert is not None:
             self._udp_diverts[flow] = divert
+        # ICMP errors about what we send to clients: unconnected, it gets them queued
+        # (with the client's address) only if asked to.
+        sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         self._fd_flow[sock.fileno()] = flow
         self._watch(sock, _DGRAM_EVENTS, self._dgram_event)
 
@@ -311,13 +321,15 @@ class Hub:
         except OSError as exc:
             self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
 
-    def _dgram_event(self, flow: int | None, _mask: int) -> None:
+    def _dgram_event(self, flow: int | None, mask: int) -> None:
         sock = self.sockets.get(flow) if flow is not None else None
         if sock is None:
             return
         engine = self.engine
         ns_port = self._udp_listeners.get(flow)
         divert = self._udp_diverts.get(flow)
+        if ns_port is not None and mask & select.EPOLLERR:
+            self._listener_errors(flow, sock)
         for _ in range(_DGRAM_BATCH):
             try:
                 data, peer = sock.recvfrom(65536)
@@ -336,6 +348,21 @@ class Hub:
                 self.execute(engine.datagram_received(flow, data, peer, self.now()))
             if flow not in self.sockets:
                 return
+
+    def _listener_errors(self, flow: int, sock: socket.socket) -> None:
+        """Drain a ``-u`` listener's error queue (``IP_RECVERR``): each entry names the
+        client a datagram of ours could not reach, and the errno of the ICMP error."""
+        for _ in range(_DGRAM_BATCH):
+            try:
+                _data, ancdata, _flags, client = sock.recvmsg(0, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: drained
+                return
+            for level, kind, data in ancdata:
+                if (level, kind) in _ERRQUEUE_CMSG and len(data) >= _EE_ERRNO.size:
+                    actions: list[Action] = []
+                    err = _EE_ERRNO.unpack_from(data)[0]
+                    self.engine.udp.listener_error(flow, client[:2], err, actions)
+                    self.execute(actions)
 
     # ------------------------------------------------------------------ TCP --
     def _tcp_event(self, flow: int | None, mask: int) -> None:
