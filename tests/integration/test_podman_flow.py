@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import sandbox
-from sandbox import GATEWAY_V4, GATEWAY_V6, HOST_V4, HOST_V6
+from sandbox import GATEWAY_V4, GATEWAY_V6, HOST_V4, HOST_V6, REMOTE_V4
 
 from tests.programs import pasta_symlink
 
@@ -52,10 +52,33 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as so
 """
 
 
+_ANSWER_ONE = """\
+import socket, sys
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.bind((sys.argv[1], 53))
+    print("bound", flush=True)
+    query, peer = sock.recvfrom(512)
+    sock.sendto(b"answer to " + query, peer)
+"""
+
+_ASK = """\
+import socket, sys
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.settimeout(10)
+    sock.sendto(b"query", (sys.argv[1], 53))
+    print(sock.recv(512).decode())
+"""
+
+CONTAINERS_CONF_OPTIONS = ("--dns-host", REMOTE_V4)
+"""``[network] pasta_options`` in containers.conf: the resolver behind 169.254.1.1 is
+the remote test host, not whatever /etc/resolv.conf of the machine names."""
+
+
 def podman_argv(netns: Path, *ports: str) -> list[str]:
     """``createPastaArgs`` of podman 5.3–5.8 for ``podman run --network pasta -p ...``."""
     return [
         "--config-net",
+        *CONTAINERS_CONF_OPTIONS,
         *(arg for port in ports for arg in ("-t", port)),
         "--dns-forward", "169.254.1.1",
         *([] if ports else ["-t", "none"]),
@@ -142,6 +165,34 @@ def test_published_port_from_the_remote_keeps_the_source(
     assert client not in (HOST_V4, HOST_V6)  # the remote's own address, not rewritten
     assert not ipaddress.ip_address(client).is_loopback
     assert server.wait(sandbox.STOP_TIMEOUT) == 0
+
+
+def test_dns_forward_address_reaches_the_resolver(
+    started: int, container: sandbox.Container, topology: sandbox.Topology
+) -> None:
+    """podman writes ``nameserver 169.254.1.1`` into the container's resolv.conf."""
+    resolver = topology.remote.popen(
+        [sys.executable, "-c", _ANSWER_ONE, REMOTE_V4], stdout=subprocess.PIPE
+    )
+    assert resolver.stdout is not None
+    assert resolver.stdout.readline() == b"bound\n"
+    reply = container.run([sys.executable, "-c", _ASK, "169.254.1.1"])
+    assert reply.stdout.decode().strip() == "answer to query"
+
+
+def test_map_guest_addr_reaches_the_host(started: int, container: sandbox.Container) -> None:
+    """podman ≥ 5.3 maps host.containers.internal to 169.254.1.2: the host's own address,
+    which the container cannot reach directly because it holds that address itself."""
+    with socket.create_server((HOST_V4, HOST_PORT + 1)) as server:
+        server.settimeout(10)
+        client = container.popen(
+            [sys.executable, "-c", _CONNECT, "169.254.1.2", str(HOST_PORT + 1)],
+            stdout=subprocess.PIPE,
+        )
+        conn, _peer = server.accept()
+        with conn:
+            conn.sendall(conn.recv(100).upper())
+    assert client.communicate(timeout=10)[0].decode().split()[0] == "HELLO"
 
 
 def test_exits_within_a_second_of_the_netns_file_going(
