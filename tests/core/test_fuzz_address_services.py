@@ -18,6 +18,7 @@ from scapy.layers.dhcp import BOOTP
 from scapy.layers.dhcp6 import (
     DHCP6_Confirm,
     DHCP6_InfoRequest,
+    DHCP6_Release,
     DHCP6_Renew,
     DHCP6_Request,
     DHCP6_Solicit,
@@ -65,8 +66,17 @@ DHCP_SEEDS = [
                               ("max_dhcp_size", 1500),
                               file=b"\x32\x04" + wire.packed(wire.NS4) + b"\xff",
                               sname=b"\x36\x04" + wire.packed(wire.GW4) + b"\xff")),
+    _payload(test_dhcp.client(("message-type", "request"),
+                              ("requested_addr", "198.51.100.77"))),  # gets a NAK
 ]
-DHCPV6_SEEDS = [
+# ISC dhclient 4.4.3 (`dhclient -6 -1 -d up0`, Debian 12) soliciting without Rapid
+# Commit, captured (-p) on the tap of a namespace set up as in
+# tests/integration/test_address_services.py; the UDP payload only.
+DHCLIENT_SOLICIT = bytes.fromhex(
+    "01edc9420001000e0001000132973453f21961e3682c0006000400170018000800020000"
+    "0003000c61e3682c00000e1000001518"
+)
+DHCPV6_SEEDS = [DHCLIENT_SOLICIT] + [
     _payload(test_dhcpv6.client(message, test_dhcpv6.CLIENT_ID, *options))
     for message, options in [
         (DHCP6_Solicit(), [DHCP6OptRapidCommit(), DHCP6OptIA_NA(iaid=1)]),
@@ -75,6 +85,7 @@ DHCPV6_SEEDS = [
         (DHCP6_Renew(), [test_dhcpv6.OUR_ID, DHCP6OptIA_NA(
             iaid=1, ianaopts=[DHCP6OptIAAddress(addr="2001:db8:9::1")])]),
         (DHCP6_Confirm(), [DHCP6OptIA_NA(iaid=1, ianaopts=[DHCP6OptIAAddress(addr=wire.NS6)])]),
+        (DHCP6_Release(), [test_dhcpv6.OUR_ID, DHCP6OptIA_NA(iaid=1)]),
         (DHCP6_InfoRequest(), []),
     ]
 ]
@@ -82,6 +93,10 @@ NDP_SEEDS = [
     bytes(Ether(test_ndp.KERNEL_RS)[ICMPv6ND_RS]),
     bytes(Ether(test_ndp.KERNEL_NS)[ICMPv6ND_NS]),
     bytes(ICMPv6ND_NS(tgt=wire.GW6) / ICMPv6NDOptSrcLLAddr(lladdr=wire.NS_MAC)),
+    # Without options: from "::" (one of SRC6) these are a DAD probe and an RS of a
+    # node with no address yet.
+    bytes(ICMPv6ND_NS(tgt=wire.GW6)),
+    bytes(ICMPv6ND_RS()),
 ]
 NS_LL = wire.packed(test_dhcpv6.NS_LL)
 

@@ -1,0 +1,79 @@
+"""When the engine sends router advertisements: at start, every 300 s, and on solicitation.
+
+A namespace without ``--config-net`` gets its IPv6 address and default route only from
+our advertisements, so the first one must not wait for the periodic timer: the Linux
+kernel solicits as soon as the link is up, but a guest may not solicit at all
+(``router_solicitations=0``), so the engine also advertises at start
+(tests/integration/test_address_services.py checks both on a real kernel).
+"""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptSrcLLAddr, IPv6
+from scapy.layers.l2 import Ether
+
+from pasta_net.core.actions import Action, SendFrames
+from tests.core import wire
+from tests.core.test_ndp import NS_LL, icmp, solicit
+
+RS = icmp(ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=wire.NS_MAC))
+NS = solicit(wire.GW6, NS_LL, ICMPv6NDOptSrcLLAddr(lladdr=wire.NS_MAC))
+
+
+def sent(actions: list[Action]) -> list[Ether]:
+    """Every frame the actions write to the namespace, decoded by scapy."""
+    return [wire.decode(frame) for action in actions if isinstance(action, SendFrames)
+            for frame in action.frames]
+
+
+def advertisements(actions: list[Action]) -> list[Ether]:
+    return [frame for frame in sent(actions) if frame.haslayer(ICMPv6ND_RA)]
+
+
+def test_advertisement_at_start_then_every_300_seconds() -> None:
+    eng = wire.engine(ra=True)
+    first = eng.next_deadline()
+    assert first is not None and first <= 0, "due at once, whatever the shell's clock"
+
+    [ra] = advertisements(eng.handle_deadline(5000.0))
+    assert (ra.dst, ra[IPv6].dst, ra[IPv6].src) == ("33:33:00:00:00:01", "ff02::1", "fe80::1")
+    assert eng.next_deadline() == 5300.0
+    assert eng.handle_deadline(5299.9) == []
+    assert len(advertisements(eng.handle_deadline(5300.0))) == 1
+    assert eng.next_deadline() == 5600.0
+
+
+@pytest.mark.parametrize("config", [
+    {"ra": True, "ndp": False},
+    {"ra": False},
+    {"ra": True, "plan": wire.plan(addr6=None)},
+], ids=["no-ndp", "no-ra", "no-ipv6"])
+def test_no_unsolicited_advertisement_when_off(config: dict[str, object]) -> None:
+    assert wire.engine(**config).next_deadline() is None
+
+
+def test_solicitation_gets_an_advertisement_at_once() -> None:
+    eng = wire.engine(ra=True)
+    [ra] = advertisements(eng.receive_frames([wire.wire(RS)], 10.0))
+    assert (ra.dst, ra[IPv6].dst) == (wire.NS_MAC, NS_LL)
+
+
+def test_replan_advertises_the_new_prefix_at_once() -> None:
+    eng = wire.engine(ra=True)
+    eng.handle_deadline(0.0)
+    eng.replan(wire.plan(addr6=wire.packed("2001:db8:7::2")), eng.config.mapping, 42.0)
+    assert eng.next_deadline() == 42.0
+
+
+@pytest.mark.parametrize(("config", "answered"), [
+    ({"ra": True}, {"ra", "na"}),
+    ({"ra": False}, {"na"}),
+    ({"ra": True, "ndp": False}, set()),
+], ids=["default", "no-ra", "no-ndp"])
+def test_switches_silence_what_they_name(config: dict[str, object], answered: set[str]) -> None:
+    eng = wire.engine(**config)
+    frames = sent(eng.receive_frames([wire.wire(RS), wire.wire(NS)], 0.0))
+    got = {"ra" for f in frames if f.haslayer(ICMPv6ND_RA)}
+    got |= {"na" for f in frames if f.haslayer(ICMPv6ND_NA)}
+    assert got == answered
