@@ -5,6 +5,8 @@ behaves as passt; under any other name as pasta, and it prints its errors under 
 name (podman matches ``pasta: unrecognized option '--map-guest-addr'`` to retry without
 that option). ``--passt`` as the very first argument also selects passt mode: the mode
 decides which options exist, so it is chosen before getopt runs, like argv[0].
+``pasta-net ctl PATH ...`` is the control client (ctl.py); only under the name
+pasta-net, because ``pasta ctl`` must run a command named ctl, as pasta would.
 Usage errors exit 1, as glibc getopt does for pasta.
 """
 
@@ -41,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     prog, passt = program_name(argv[0] if argv else "pasta-net")
     args = argv[1:]
+    if prog == "pasta-net" and args[:1] == ["ctl"]:
+        from pasta_net import ctl
+
+        return ctl.main(args[1:])
     if args[:1] == ["--passt"]:
         passt, args = True, args[1:]
     try:

@@ -31,6 +31,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
 
 from pasta_net import netconf, netns, privileges, tun
@@ -40,7 +41,10 @@ from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.core.udp import IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from pasta_net.options import IpConfig, Options, resolve_runas
+from pasta_net.shell.control import ControlError, Controller, open_control
+from pasta_net.shell.follow import Follow, follow_host
 from pasta_net.shell.forwarding import Forwarding
+from pasta_net.shell.forwards import ForwardTable
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import ListenError
 from pasta_net.shell.pcap import PcapWriter
@@ -80,7 +84,7 @@ class StartupError(Exception):
 
 
 _EXPECTED = (StartupError, netns.NetnsError, netconf.NetconfError, tun.TunError,
-             privileges.PrivilegeError, ListenError)
+             privileges.PrivilegeError, ListenError, ControlError)
 
 
 def run(options: Options, prog: str) -> int:
@@ -189,37 +193,61 @@ def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
         log.info("%s is up in %s%s", tap.name, target.name,
                  " (offloads on)" if tap.offload else "")
         watch = gone or (lambda: netns.wait_gone(target))
-        serve_frames(options, config, TapDevice(tap.fd), ready, watch, ns_thread)
+        follow = _follower(options, ns_thread, tap.name) if options.follow_host else None
+        serve_frames(options, config, TapDevice(tap.fd), ready, watch, ns_thread, follow)
 
 
 def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
                  ready: Callable[[], None], gone: Callable[[], Awaitable[object]],
-                 ns: netns.NetnsThread | None = None) -> None:
+                 ns: netns.NetnsThread | None = None, follow: Follow | None = None) -> None:
     """Drop privileges, bind the forwards, run the engine on ``device`` until ``gone()``
     returns or a signal arrives: what pasta and passt mode share once their device is open.
 
-    ``ns`` (pasta mode) opens the namespace's sockets for splicing, -T/-U and ``auto``.
+    ``ns`` (pasta mode) opens the namespace's sockets for splicing, -T/-U and ``auto``;
+    ``follow`` is ``--follow-host`` (pasta mode).
     """
     privileges.drop_privileges(resolve_runas(options.runas) if options.runas else None)
     pcap = PcapWriter(options.pcap) if options.pcap else None
     hub = Hub(Engine(config), device, pcap)
     try:
-        trio.run(serve, hub, gone, ready, _forwarder(options, ns))
+        trio.run(serve, hub, gone, ready, _forwarder(options, ns, follow))
     finally:
         if pcap is not None:
             pcap.close()
 
 
-def _forwarder(options: Options, ns: netns.NetnsThread | None) -> Callable:
-    """The ``setup`` step of :func:`serve`: bind the forwards before we say "ready", then
-    keep ``auto`` in step (and close them all) in a task of the serving nursery."""
+def _forwarder(options: Options, ns: netns.NetnsThread | None,
+               follow: Follow | None = None) -> Callable:
+    """The ``setup`` step of :func:`serve`: bind the forwards and the control sockets
+    before we say "ready", then keep ``auto`` in step (and close them all) in a task of
+    the serving nursery, and follow the host if asked."""
 
     async def bind(hub: Hub, nursery: trio.Nursery) -> None:
         forwarding = Forwarding(hub, ns, options, ephemeral_ports())
-        forwarding.bind_command_line()
+        forwards = ForwardTable()
+        forwarding.bind_command_line(forwards)
         nursery.start_soon(forwarding.run)
+        controller = Controller(hub, forwards, forwarding.ephemeral, auto=ns is not None)
+        await open_control(options.control_path, options.api_socket, controller, nursery)
+        if follow is not None:
+            await nursery.start(follow_host, follow, hub.engine)
 
     return bind
+
+
+def _follower(options: Options, ns_thread: netns.NetnsThread, ifname: str) -> Follow:
+    """``--follow-host``: read the host again, plan for it, re-address ``ifname``."""
+    want4, want6 = not options.ipv6_only, not options.ipv4_only
+
+    def replan(host: netconf.HostConfig, old: AddressPlan) -> tuple[AddressPlan, AddressMap]:
+        plan = attrs.evolve(address_plan(options, host), our_mac=old.our_mac)
+        return plan, address_map(options, plan, host)
+
+    def reconfigure(old: netconf.Addressing, new: netconf.Addressing) -> None:
+        ns_thread.call(netconf.readdress_namespace, ifname, old, new)
+
+    return Follow(lambda: netconf.read_host(options.interface, want4, want6), replan,
+                  reconfigure if options.ns.config_net else None)
 
 
 def read_host(options: Options) -> netconf.HostConfig:

@@ -13,6 +13,7 @@ Addresses are packed ``bytes`` (4 or 16), as in :class:`pasta_net.core.plan.Addr
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -24,11 +25,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 __all__ = [
+    "Addressing",
     "HostConfig",
     "NetconfError",
     "configure_namespace",
     "parse_resolv_conf",
     "read_host",
+    "readdress_namespace",
 ]
 
 _RTN_UNICAST = 1
@@ -63,6 +66,15 @@ class HostConfig:
     prefix6: int | None = None
     gw6: bytes | None = None
     """Often link-local (``fe80::1``): the namespace then routes via the same address."""
+
+
+@attrs.frozen
+class Addressing:
+    """One address family of the namespace interface; None where there is none."""
+
+    addr: bytes | None
+    prefix: int
+    gw: bytes | None
 
 
 def read_host(interface: str | None, want4: bool, want6: bool) -> HostConfig:
@@ -168,6 +180,50 @@ def configure_namespace(
         _wait_ipv6_ready(ipr, index, ifname)
 
 
+def readdress_namespace(ifname: str, old: Addressing, new: Addressing) -> None:
+    """Move one address family of ``ifname`` from ``old`` to ``new`` (``--follow-host``).
+
+    The old address goes first: deleting an IPv4 primary address deletes the secondary
+    addresses of its prefix too, so a new address added first could vanish with it.
+    Deleting the last IPv4 address flushes the routes through the interface, so the
+    default route is always installed again, with "replace" (idempotent). Addresses and
+    routes that are already gone or already there are not errors.
+    """
+    with IPRoute() as ipr:
+        index = _lookup(ipr, ifname)
+        if (old.addr, old.prefix) != (new.addr, new.prefix):
+            if old.addr is not None:
+                _del_address(ipr, index, ifname, old.addr, old.prefix)
+            if new.addr is not None:
+                flags = _IFA_F_NODAD if len(new.addr) == 16 else 0
+                _add_address(ipr, index, ifname, new.addr, new.prefix, flags=flags)
+        if new.addr is not None and new.gw is not None:
+            _add_default_route(ipr, index, new.gw, new.addr, new.prefix, command="replace")
+        elif old.gw is not None:
+            _del_default_route(ipr, index, old.gw)
+
+
+def _del_address(ipr: IPRoute, index: int, ifname: str, addr: bytes, prefix: int) -> None:
+    text = _text(addr)
+    with _doing(f"Failed to remove address {text}/{prefix} from {ifname}"):
+        try:
+            ipr.addr("del", index=index, address=text, prefixlen=prefix)
+        except NetlinkError as exc:
+            if exc.code != errno.EADDRNOTAVAIL:
+                raise
+
+
+def _del_default_route(ipr: IPRoute, index: int, gw: bytes) -> None:
+    gateway = ipaddress.ip_address(gw)
+    default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
+    with _doing(f"Failed to remove default route via {gateway}"):
+        try:
+            ipr.route("del", dst=default, gateway=str(gateway), oif=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ESRCH:
+                raise
+
+
 def _lookup(ipr: IPRoute, ifname: str) -> int:
     found = ipr.link_lookup(ifname=ifname)
     if not found:
@@ -196,7 +252,8 @@ def _add_address(
         ipr.addr("add", index=index, address=text, prefixlen=prefix, flags=flags)
 
 
-def _add_default_route(ipr: IPRoute, index: int, gw: bytes, addr: bytes, prefix: int) -> None:
+def _add_default_route(ipr: IPRoute, index: int, gw: bytes, addr: bytes, prefix: int,
+                       command: str = "add") -> None:
     """Default route via ``gw``; first a host route to ``gw`` if it is off our prefix.
 
     The kernel refuses a gateway it cannot reach on-link ("Nexthop has invalid gateway").
@@ -207,13 +264,13 @@ def _add_default_route(ipr: IPRoute, index: int, gw: bytes, addr: bytes, prefix:
     with _doing(f"Failed to add default route via {gateway}"):
         if gateway not in network and not gateway.is_link_local:
             ipr.route(
-                "add",
+                command,
                 dst=f"{gateway}/{gateway.max_prefixlen}",
                 oif=index,
                 scope=_RT_SCOPE_LINK,
             )
         default = "0.0.0.0/0" if gateway.version == 4 else "::/0"
-        ipr.route("add", dst=default, gateway=str(gateway), oif=index)
+        ipr.route(command, dst=default, gateway=str(gateway), oif=index)
 
 
 def _wait_ipv6_ready(ipr: IPRoute, index: int, ifname: str) -> None:

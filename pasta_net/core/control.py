@@ -211,12 +211,13 @@ def check_new_forward(option: str, spec: PortSpec, existing: Iterable[Forward]) 
                                f"(id {other.id})")
 
 
-def check_runtime_spec(spec: PortSpec) -> None:
-    """What only a live instance refuses: ``auto`` (a scanner, not a set of listeners) and
-    more ports than :data:`MAX_RUNTIME_PORTS`."""
-    if spec.mode is PortMode.AUTO:
-        raise RequestError(f"'auto' forwarding cannot be added at run time ('{spec.text}')")
-    ports = sum(rule.last - rule.first + 1 for rule in spec.forwards)
+def check_runtime_spec(spec: PortSpec, *, auto: bool) -> None:
+    """What only a live instance refuses: ``auto`` where nothing mirrors ports (``auto``
+    false: passt mode), and more fixed ports than :data:`MAX_RUNTIME_PORTS` (``auto``
+    rules bind only what they mirror, so they do not count)."""
+    if spec.mode is PortMode.AUTO and not auto:
+        raise RequestError(f"'auto' forwarding is only available in pasta mode ('{spec.text}')")
+    ports = sum(rule.last - rule.first + 1 for rule in spec.forwards if not rule.auto)
     if ports > MAX_RUNTIME_PORTS:
         raise RequestError(f"'{spec.text}' has {ports} ports; at most {MAX_RUNTIME_PORTS} "
                            "can be added at run time")

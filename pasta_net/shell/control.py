@@ -81,10 +81,13 @@ class ControlError(Exception):
 class Controller:
     """Carries out control commands on a running hub and its forward table."""
 
-    def __init__(self, hub: Hub, forwards: ForwardTable, ephemeral: PortRange) -> None:
+    def __init__(self, hub: Hub, forwards: ForwardTable, ephemeral: PortRange,
+                 auto: bool = True) -> None:
         self.hub = hub
         self.forwards = forwards
         self.ephemeral = ephemeral
+        self.auto = auto
+        """Whether ``auto`` specs can be added (something mirrors ports: pasta mode)."""
         self.started = trio.current_time()
         self._dispatch: dict[type, Callable] = {
             ListForwards: self._list,
@@ -138,7 +141,7 @@ class Controller:
         return {"entries": [e for e in entries if e is not None]}
 
     def _add(self, command: AddForward) -> dict[str, object]:
-        check_runtime_spec(command.spec)
+        check_runtime_spec(command.spec, auto=self.auto)
         self._check_families(command)
         forward = self.forwards.add(command.option, command.spec)
         log.info("forward %d added: %s %s", forward.id, forward.option, forward.spec.text)

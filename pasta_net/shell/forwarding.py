@@ -38,6 +38,7 @@ calls on its way out: the listeners are gone before the process exits.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -55,10 +56,11 @@ from pasta_net.core.forward import (
     mirrored_ports,
     spliced_target,
 )
-from pasta_net.core.portspec import EPHEMERAL_PORTS, PortForward, PortRange, PortSpec
+from pasta_net.core.portspec import EPHEMERAL_PORTS, PortForward, PortMode, PortRange, PortSpec
 from pasta_net.core.portspec import parse_port_spec as parse_spec
 from pasta_net.netns import NetnsThread
 from pasta_net.options import Options
+from pasta_net.shell.forwards import ForwardTable
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import (
     TAP,
@@ -174,14 +176,18 @@ class Forwarding:
         return self._splice or self.options.splice_only
 
     # ------------------------------------------------------------ binding --
-    def bind_command_line(self) -> None:
-        """Bind -t/-u/-T/-U as given (``auto`` for those not given, in pasta mode), then
-        mirror what ``auto`` finds bound now; :class:`ListenError` closes all of it."""
+    def bind_command_line(self, table: ForwardTable) -> None:
+        """Offer every enabled option to ``table`` (which the control sockets change at run
+        time), bind -t/-u/-T/-U as given through it (``auto`` for those not given, in pasta
+        mode), then mirror what ``auto`` finds bound now; :class:`ListenError` closes all
+        of it."""
         try:
             for name, field in _OPTIONS.items():
                 if self._enabled(name):
+                    table.register(name, functools.partial(self.bind, name))
                     for spec in self._specs(getattr(self.options.ports, field)):
-                        self.bind(name, spec)
+                        if spec.mode is not PortMode.NONE:
+                            table.add(name, spec)
             self.scan()
         except BaseException:
             self.close()

@@ -4,9 +4,9 @@ control sockets add and remove while it runs.
 Each forward is one -t/-u/-T/-U argument (a :class:`~pasta_net.core.portspec.PortSpec`)
 with an id. The table does not know how a forward is set up: it asks the *binder*
 registered for the option, a function that binds a spec and returns the function that
-undoes it. -t and -u bind listening sockets here (:func:`listener_binder`); -T and -U
-(namespace to host, through the loopback splice) are registered by the code that
-implements them, with :meth:`ForwardTable.register`. Until then, adding one says so.
+undoes it: shell/forwarding.py's ``Forwarding.bind``, for all four options (splice,
+``auto`` and -T/-U included). An option without a binder (``--no-tcp``, -T/-U in passt
+mode) is refused with a reason.
 
 Removing a forward closes its listeners only: connections it already accepted keep
 running, as when pasta drops a forwarding rule.
@@ -16,27 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from pasta_net.core.actions import SocketKind
 from pasta_net.core.control import Forward, RequestError, check_new_forward
 from pasta_net.core.portspec import PortSpec
-from pasta_net.shell.hub import Hub
-from pasta_net.shell.listeners import bind_forwards, close_listeners
 
-__all__ = ["Binder", "ForwardTable", "listener_binder"]
+__all__ = ["Binder", "ForwardTable"]
 
 Binder = Callable[[PortSpec], Callable[[], None]]
 """Sets up a spec's forwarding (raising on failure); returns what tears it down."""
-
-
-def listener_binder(hub: Hub, kind: SocketKind, option: str, want4: bool,
-                    want6: bool) -> Binder:
-    """-t/-u: listening host sockets that feed the engine (shell/listeners.py)."""
-
-    def bind(spec: PortSpec) -> Callable[[], None]:
-        listeners = bind_forwards(hub, [spec], kind, option, want4, want6)
-        return lambda: close_listeners(hub, listeners)
-
-    return bind
 
 
 class ForwardTable:
@@ -55,9 +41,8 @@ class ForwardTable:
         """Bind ``spec`` for ``option``; raises :class:`RequestError` if it cannot be
         accepted, or the binder's own error (``ListenError``) if binding fails."""
         binder = self._binders.get(option)
-        if binder is None:
-            raise RequestError(f"{option} forwards are not supported yet" if option in ("-T", "-U")
-                               else f"{option} forwards are disabled in this instance")
+        if binder is None:  # --no-tcp/--no-udp, or -T/-U in passt mode
+            raise RequestError(f"{option} forwards are not available in this instance")
         check_new_forward(option, spec, self)
         unbind = binder(spec)
         forward = Forward(self._next_id, option, spec)

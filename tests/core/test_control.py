@@ -239,8 +239,9 @@ def test_what_the_command_line_refuses() -> None:
 
 
 def test_what_only_a_live_instance_refuses() -> None:
-    with pytest.raises(RequestError, match="'auto' forwarding cannot be added at run time"):
-        check_runtime_spec(parse_port_spec("auto"))
+    with pytest.raises(RequestError, match="'auto' forwarding is only available in pasta mode"):
+        check_runtime_spec(parse_port_spec("auto"), auto=False)
+    check_runtime_spec(parse_port_spec("auto"), auto=True)  # mirrors, binds no range
     with pytest.raises(RequestError, match=f"at most {MAX_RUNTIME_PORTS}"):
-        check_runtime_spec(parse_port_spec("1000-9999"))
-    check_runtime_spec(parse_port_spec(f"1000-{999 + MAX_RUNTIME_PORTS}"))
+        check_runtime_spec(parse_port_spec("1000-9999"), auto=True)
+    check_runtime_spec(parse_port_spec(f"1000-{999 + MAX_RUNTIME_PORTS}"), auto=True)

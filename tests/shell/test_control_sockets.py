@@ -3,6 +3,7 @@ socket dialects, and what misbehaving clients cannot do."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import socket
@@ -13,14 +14,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from pasta_net.core.actions import SocketKind
 from pasta_net.core.control import MAX_LINE
 from pasta_net.core.engine import Engine, EngineConfig
 from pasta_net.core.plan import AddressPlan
 from pasta_net.core.portspec import PortSpec
+from pasta_net.options import Options
 from pasta_net.shell import control
 from pasta_net.shell.control import ControlError, Controller, open_control
-from pasta_net.shell.forwards import ForwardTable, listener_binder
+from pasta_net.shell.forwarding import Forwarding
+from pasta_net.shell.forwards import ForwardTable
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import ListenError
 
@@ -112,9 +114,7 @@ async def test_refusals(controller: Controller) -> None:
         "Overlapping port specifier '8005' for -t: ports also forwarded by '-t 8000-8010' "
         "(id 1)")
     assert ask(controller, command="add", option="-T", spec="80")["error"]["desc"] == (
-        "-T forwards are not supported yet")
-    assert ask(controller, command="add", option="-t", spec="auto")["error"]["desc"].startswith(
-        "'auto' forwarding cannot be added at run time")
+        "-T forwards are not available in this instance")
 
 
 async def test_a_family_the_namespace_lacks_is_refused(hub: Hub, controller: Controller) -> None:
@@ -176,10 +176,11 @@ async def test_slirp4netns_guest_addr_must_be_ours(controller: Controller) -> No
 
 
 async def test_real_listeners_come_and_go(hub: Hub) -> None:
+    forwarding = Forwarding(hub, None, Options())  # passt-like: the tap path only
     forwards = ForwardTable()
-    forwards.register("-t", listener_binder(hub, SocketKind.TCP, "-t", True, True))
-    forwards.register("-u", listener_binder(hub, SocketKind.UDP, "-u", True, True))
-    controller = Controller(hub, forwards, (49152, 65535))
+    for option in ("-t", "-u"):
+        forwards.register(option, functools.partial(forwarding.bind, option))
+    controller = Controller(hub, forwards, (49152, 65535), auto=False)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -192,6 +193,8 @@ async def test_real_listeners_come_and_go(hub: Hub) -> None:
     ask(controller, command="remove", id=udp["return"]["id"])
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
+    assert ask(controller, command="add", option="-t", spec="auto")["error"]["desc"] == (
+        "'auto' forwarding is only available in pasta mode ('auto')")
     assert len(hub.sockets) == sockets_with_udp - 1  # the UDP listener is gone from the hub
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(("127.0.0.1", port))  # nothing holds the port any more
