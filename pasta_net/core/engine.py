@@ -283,6 +283,16 @@ class Engine:
         self.udp.from_socket(flow, data, peer, now, actions)
         return actions
 
+    def open_failed(self, flow: int, err: int, now: float) -> list[Action]:
+        """The socket an :class:`OpenSocket` asked for could not be opened or connected
+        (``EMFILE``, no route...): the new flow is refused, and forgotten."""
+        if flow in self._ping_by_id:
+            return self.socket_failed(flow, err, now)
+        actions: list[Action] = []
+        if not self.tcp.failed(flow, err, now, actions):
+            self.udp.open_failed(flow, err, now, actions)
+        return actions
+
     def socket_failed(self, flow: int, err: int, now: float) -> list[Action]:
         """A socket of ``flow`` could not be opened or failed for good."""
         ping = self._ping_by_id.pop(flow, None)

@@ -16,6 +16,12 @@ Replies are framed with the address the namespace used as source (not the mapped
 address), so DNS forwarding and loopback mapping are invisible to the namespace.
 A flow lives :attr:`UdpTable.timeout` seconds (pasta: 180) after its last datagram in
 either direction; expiry closes its socket.
+
+Limits (DESIGN.md §6): at most :data:`MAX_FLOWS` flows. A datagram that would open one
+more, or whose socket cannot be opened (``EMFILE``: out of fds), is refused with an
+ICMP "administratively prohibited", and a flow whose socket could not be opened is
+forgotten at once, so the next datagram tries again instead of vanishing for the
+flow's lifetime. Existing flows are never evicted.
 """
 
 from __future__ import annotations
@@ -49,16 +55,20 @@ from pasta_net.core.frames import (
 if TYPE_CHECKING:
     from pasta_net.core.engine import Engine
 
-__all__ = ["IDLE_TIMEOUT", "UdpFlow", "UdpTable"]
+__all__ = ["IDLE_TIMEOUT", "MAX_FLOWS", "UdpFlow", "UdpTable"]
 
 IDLE_TIMEOUT = 180.0
 """Seconds a flow lives after its last datagram (pasta's default)."""
+MAX_FLOWS = 1 << 17
+"""Flows at once, each with its own socket when outbound (passt's flow table holds 128 Ki)."""
 
 _ICMP_UNREACH = struct.Struct("!BBHI")
 _UNREACHABLE_CODES = {
     errno.ECONNREFUSED: (3, 4),  # port unreachable (ICMPv6: port unreachable)
     errno.EHOSTUNREACH: (1, 3),  # host unreachable (ICMPv6: address unreachable)
     errno.ENETUNREACH: (0, 0),  # network unreachable (ICMPv6: no route)
+    errno.EMFILE: (13, 1),  # ours, at open: administratively prohibited (both)
+    errno.ENFILE: (13, 1),
 }
 """The ICMP and ICMPv6 destination-unreachable codes that the kernel turned into errno."""
 
@@ -97,6 +107,9 @@ class UdpTable:
         key = (packet.src, datagram.sport, packet.dst, datagram.dport)
         flow = self._by_key.get(key)
         if flow is None:
+            if len(self._by_key) >= MAX_FLOWS:
+                self._refuse(packet, datagram, actions)
+                return
             flow = self._open(packet, datagram, now, actions)
         self._touch(flow, now)
         actions.append(SendDatagram(flow.socket, flow.remote, datagram.payload))
@@ -122,6 +135,12 @@ class UdpTable:
         local = ("", datagram.sport)
         actions.append(OpenSocket(flow_id, SocketKind.UDP, packet.version, remote, local))
         return flow
+
+    def _refuse(self, packet: IpPacket, datagram: UdpDatagram, actions: list[Action]) -> None:
+        self.engine.drop("udp-table-full", f"{len(self._by_key)} flows")
+        flow = UdpFlow(0, packet.version, packet.src, datagram.sport, packet.dst,
+                       datagram.dport, ("", 0), 0, 0.0)
+        actions.append(SendFrames([self._unreachable(flow, *_UNREACHABLE_CODES[errno.EMFILE])]))
 
     def _add(self, flow: UdpFlow) -> None:
         self._by_key[(flow.ns_addr, flow.ns_port, flow.peer, flow.peer_port)] = flow
@@ -158,7 +177,7 @@ class UdpTable:
         if peer is None:
             return None
         ns_addr = plan.addr4 if len(peer) == 4 else plan.addr6
-        if ns_addr is None:
+        if ns_addr is None or len(self._by_key) >= MAX_FLOWS:
             return None
         flow = UdpFlow(
             engine.new_flow_id(),
@@ -200,6 +219,15 @@ class UdpTable:
         flow = self._by_socket.get(socket)
         if flow is not None:
             self._reflect(flow, err, actions)
+
+    def open_failed(self, socket: int, err: int, now: float, actions: list[Action]) -> None:
+        """The socket of a new flow could not be opened (out of fds, no route): answer
+        the namespace as for a later error, and forget the flow."""
+        flow = self._by_socket.get(socket)
+        if flow is not None:
+            self._reflect(flow, err, actions)
+            self.engine.timers.cancel(("udp", socket))
+            self._forget(flow)
 
     def listener_error(
         self, listener: int, client: tuple[str, int], err: int, actions: list[Action]
@@ -243,10 +271,14 @@ class UdpTable:
         if now - flow.last_used < self.timeout:
             self.engine.timers.schedule(("udp", flow_id), flow.last_used + self.timeout)
             return
-        del self._by_id[flow_id]
-        del self._by_key[(flow.ns_addr, flow.ns_port, flow.peer, flow.peer_port)]
+        self._forget(flow)
         if flow.socket == flow_id:
-            del self._by_socket[flow_id]
             actions.append(CloseSocket(flow_id))
+
+    def _forget(self, flow: UdpFlow) -> None:
+        del self._by_id[flow.flow]
+        del self._by_key[(flow.ns_addr, flow.ns_port, flow.peer, flow.peer_port)]
+        if flow.socket == flow.flow:
+            del self._by_socket[flow.flow]
         else:
             del self._inbound[(flow.socket, flow.remote[0], flow.remote[1])]

@@ -49,6 +49,7 @@ from pasta_net.core.actions import (
 from pasta_net.core.engine import Engine
 from pasta_net.core.frames import VNET_HDR_LEN
 from pasta_net.shell.pcap import PcapWriter
+from pasta_net.shell.reserve import SpareFd
 from pasta_net.shell.tap import FrameDevice
 
 __all__ = ["Hub", "Traffic"]
@@ -108,6 +109,8 @@ class Hub:
         # An anonymous mapping never touched by MSG_TRUNC reads: costs no memory.
         self._discard = mmap.mmap(-1, _DISCARD_CHUNK)
         self._ping_warned = False
+        self.spare = SpareFd()
+        """Lets listeners refuse connections when we are out of fds (shell/reserve.py)."""
         self._udp_listeners: dict[int, int] = {}
         self._udp_diverts: dict[int, Callable[[bytes, tuple], bool]] = {}
         self._dispatch: dict[type, Callable] = {
@@ -157,6 +160,7 @@ class Hub:
     def close(self) -> None:
         for flow in list(self.sockets):
             self._close_socket(CloseSocket(flow))
+        self.spare.close()
         self.epoll.close()
 
     # ------------------------------------------------------------ executor --
@@ -219,7 +223,7 @@ class Hub:
                 self._ping_warned = True
         else:
             log.debug("flow %d: cannot open %s socket: %s", action.flow, action.kind.value, exc)
-        self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
+        self.execute(self.engine.open_failed(action.flow, exc.errno or 0, self.now()))
 
     def _open_tcp(self, sock: socket.socket, action: OpenSocket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)

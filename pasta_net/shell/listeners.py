@@ -9,7 +9,8 @@ namespace with the client as source (the tap path keeps the source address).
 Every bind happens before we report "ready": a port that cannot be bound is a start-up
 error with pasta's wording (``Failed to bind port 8000 (Address already in use) for
 option '-t 8000'``), never a silent gap. Running out of fds while accepting (EMFILE and
-friends) refuses that one connection and keeps serving, as trio's serve_listeners does.
+friends) refuses that one connection with a reset, through the hub's spare fd
+(shell/reserve.py), and keeps serving.
 
 What is not the tap path comes in through a :class:`Binding` (shell/forwarding.py):
 the namespace's sockets for -T/-U, loopback addresses only, and handlers that splice
@@ -189,10 +190,13 @@ def _accept(hub: Hub, listener: Listener, handle: AcceptHandler) -> None:
         except BlockingIOError:
             return
         except OSError as exc:
-            if exc.errno in _CAPACITY_ERRNOS:
-                log.warning("cannot accept on port %d: %s", listener.ns_port, exc.strerror)
+            if exc.errno not in _CAPACITY_ERRNOS:
+                raise
+            log.warning("cannot accept on port %d (%s): connection refused",
+                        listener.ns_port, exc.strerror)
+            if not hub.spare.refuse(listener.sock):
                 return
-            raise
+            continue
         handle(listener, conn, client[:2])
 
 

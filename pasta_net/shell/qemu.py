@@ -29,6 +29,7 @@ As passt, one client at a time is served: a second connection is accepted and cl
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import logging
 import select
@@ -39,6 +40,7 @@ from collections.abc import Sequence
 import trio
 
 from pasta_net.core.frames import ETH_HLEN, VNET_HDR_LEN
+from pasta_net.shell.reserve import SpareFd
 
 __all__ = ["MAX_FRAME", "QemuStream"]
 
@@ -84,6 +86,7 @@ class QemuStream:
         """Bytes of ``_queue[0]`` already sent."""
         self._queued = 0
         self._want_out = False
+        self._spare = SpareFd()
         if listener is not None:
             listener.setblocking(False)
             self._epoll.register(listener.fileno(), select.EPOLLIN)
@@ -253,6 +256,8 @@ class QemuStream:
             return
         except OSError as exc:
             log.warning("cannot accept a client: %s", exc.strerror)
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._spare.refuse(self._listener)  # or the listener stays readable: a spin
             return
         if self._client is not None:
             log.info("another client is connected: refusing the one from pid %d", _pid(conn))
@@ -285,6 +290,7 @@ class QemuStream:
             if sock is not None:
                 sock.close()
         self._client = self._listener = None
+        self._spare.close()
         self._epoll.close()
 
 

@@ -450,13 +450,14 @@ class HostModel:
         _expect(0 <= port <= 0xFFFF, "remote port")
         family = socket.AF_INET if action.family == 4 else socket.AF_INET6
         socket.inet_pton(family, host)  # the shell hands this string to connect()
+        if self.rng.random() < 0.05:  # EMFILE, or a connect refused at once
+            self.execute(self.engine.open_failed(action.flow, self.rng.choice(_ERRNOS),
+                                                 self.now))
+            return
         self.kinds[action.flow] = action.kind
         if action.kind is SocketKind.TCP:
             self.connecting.append(action.flow)
             self.peeked[action.flow] = 0
-        elif self.rng.random() < 0.05:
-            self.kinds.pop(action.flow)
-            self.execute(self.engine.socket_failed(action.flow, 24, self.now))
 
     def _datagram(self, action: SendDatagram) -> None:
         _expect(len(action.data) <= 0xFFFF, "datagram longer than IP allows")

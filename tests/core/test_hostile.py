@@ -158,3 +158,39 @@ def test_a_bug_in_one_connection_resets_it_and_spares_the_others(monkeypatch, ca
     assert [o.remote for o in _opens(actions)] == [(REMOTE4, 80)]  # the new one goes on
     assert pb.eng.drops["internal-error"] == 1
     assert "a bug" in caplog.text
+
+
+def _udp(sport: int = 5353, dport: int = 53, dst: str = REMOTE4):
+    return wire(Ether(src=NS_MAC, dst=OUR_MAC) / IP(src=NS4, dst=dst)
+                / UDP(sport=sport, dport=dport) / b"query")
+
+
+def test_udp_flow_whose_socket_cannot_be_opened_is_refused_and_forgotten() -> None:
+    """Out of fds: the namespace hears "administratively prohibited" at once, and the
+    next datagram tries again instead of vanishing until the flow would time out."""
+    eng = engine()
+    [open_, _send] = eng.receive_frames([_udp()], now=0.0)
+    [icmp] = frames_of(eng.open_failed(open_.flow, 24, now=0.0))  # EMFILE
+    assert (icmp[ICMP].type, icmp[ICMP].code) == (3, 13) and icmp[IP].src == REMOTE4
+    assert len(eng.udp) == 0
+    [again, send] = eng.receive_frames([_udp()], now=1.0)
+    assert isinstance(again, OpenSocket) and send.flow == again.flow != open_.flow
+
+
+def test_tcp_connection_whose_socket_cannot_be_opened_is_reset() -> None:
+    eng = engine()
+    [open_] = eng.receive_frames([seg("S", CLIENT_ISN)], now=0.0)
+    [rst] = frames_of(eng.open_failed(open_.flow, 24, now=0.0))
+    assert rst[TCP].flags == "RA" and rst[TCP].ack == CLIENT_ISN + 1 and len(eng.tcp) == 0
+
+
+def test_udp_table_full_refuses_new_flows_and_keeps_old_ones(monkeypatch) -> None:
+    monkeypatch.setattr("pasta_net.core.udp.MAX_FLOWS", 2)
+    eng = engine()
+    for port in (1, 2):
+        eng.receive_frames([_udp(sport=port)], now=0.0)
+    [icmp] = frames_of(eng.receive_frames([_udp(sport=3)], now=0.0))
+    assert (icmp[ICMP].type, icmp[ICMP].code) == (3, 13)
+    assert eng.drops["udp-table-full"] == 1
+    [send] = eng.receive_frames([_udp(sport=1)], now=0.0)
+    assert isinstance(send, SendDatagram)
