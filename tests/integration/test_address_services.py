@@ -239,13 +239,14 @@ FQDN_OPTION = (bytes((0x0C, 255, 255)) + b"\x06guest1\x07example\x03org\x00").he
     (["-D", "192.0.2.10", "-S", "example.test"], {"mtu": "65520"}),
     (["-m", "1500", "-H", "guest1", "--fqdn", "guest1.example.org"],
      {"mtu": "1500", "hostname": "guest1", "opt81": FQDN_OPTION}),
+    (["-m", "0"], {}),
 ], ids=["pasta-defaults", "dns-and-search", "dns-forward", "host-resolv-conf", "none",
-        "dns-without-dhcp-dns", "mtu-hostname-fqdn"])
+        "dns-without-dhcp-dns", "mtu-hostname-fqdn", "mtu-0-not-sent"])
 def test_udhcpc_lease(pasta_net: sandbox.ProgramRunner, clients: Clients,
                       args: list[str], expected: dict[str, str]) -> None:
     """The lease is the host's address and gateway, forever; DNS and search domains only
     with --dhcp-dns/--dhcp-search (pasta's defaults), from -D/-S, --dns-forward or the
-    host's resolv.conf; option 26 from -m (pasta's 65520 by default)."""
+    host's resolv.conf; option 26 from -m (pasta's 65520 by default, none for -m 0)."""
     start(pasta_net, *args)
     lease = clients.lease()
 
