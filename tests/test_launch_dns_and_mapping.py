@@ -1,0 +1,110 @@
+"""What launch makes of resolv.conf, the DNS options and the host mappings, and its test
+hooks (PASTA_NET_RESOLV_CONF, PASTA_NET_UDP_TIMEOUT). No namespace needed."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from pasta_net import launch, netconf
+from pasta_net.core.mapping import AddressMap
+from pasta_net.core.plan import AddressPlan
+from pasta_net.options import parse_args
+
+
+def packed(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+HOST = netconf.HostConfig(
+    ifname="eth0", mac=bytes.fromhex("020000000001"), mtu=1500,
+    addr4=packed("198.51.100.2"), prefix4=24, gw4=packed("198.51.100.1"),
+    addr6=packed("2001:db8:1::2"), prefix6=64, gw6=packed("2001:db8:1::1"))
+
+
+@pytest.fixture(autouse=True)
+def resolv_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "resolv.conf"
+    path.write_text("search example.test\nnameserver 203.0.113.53\nnameserver 2001:db8:2::53\n")
+    monkeypatch.setenv(launch.RESOLV_CONF_ENV, str(path))
+    return path
+
+
+ANNOUNCE = ("--dhcp-dns", "--dhcp-search")
+"""In pasta mode, DHCP/DHCPv6/NDP announce DNS servers and domains only when asked."""
+
+
+def configure(*argv: str) -> tuple[AddressPlan, AddressMap]:
+    options = parse_args(argv)
+    plan = launch.address_plan(options, HOST)
+    return plan, launch.address_map(options, plan, HOST)
+
+
+def test_nothing_is_announced_unless_asked() -> None:
+    plan = configure("--dns-forward", "169.254.1.1")[0]
+    assert (plan.dns4, plan.dns6, plan.search) == ((), (), ())
+
+
+def test_resolvers_and_search_come_from_the_named_file() -> None:
+    plan, mapping = configure(*ANNOUNCE)
+    assert (plan.dns4, plan.dns6) == ((packed("203.0.113.53"),), (packed("2001:db8:2::53"),))
+    assert plan.search == ("example.test",)
+    assert mapping.dns_forward == ()
+
+
+def test_unreadable_resolv_conf_means_no_resolvers(resolv_conf: Path) -> None:
+    resolv_conf.unlink()
+    plan, mapping = configure(*ANNOUNCE)
+    assert (plan.dns4, plan.dns6, plan.search) == ((), (), ())
+    assert (mapping.dns_host4, mapping.dns_host6) == (None, None)
+
+
+def test_dns_forward_is_announced_and_leads_to_the_first_resolver() -> None:
+    plan, mapping = configure(*ANNOUNCE, "--dns-forward", "169.254.1.1")
+    assert (plan.dns4, plan.dns6) == ((packed("169.254.1.1"),), ())
+    assert mapping.outbound(packed("169.254.1.1"), 53) == ("203.0.113.53", 53)
+    assert mapping.outbound(packed("169.254.1.1"), 80) == ("169.254.1.1", 80)
+
+
+def test_dns_host_replaces_the_resolver() -> None:
+    _plan, mapping = configure("--dns-forward", "fd00::53", "--dns-host", "2001:db8:9::9")
+    assert mapping.outbound(packed("fd00::53"), 53) == ("2001:db8:9::9", 53)
+
+
+def test_dns_option_is_announced_instead() -> None:
+    plan, _mapping = configure(*ANNOUNCE, "--dns-forward", "169.254.1.1", "-D", "192.0.2.1",
+                               "-S", "a.test")
+    assert (plan.dns4, plan.search) == ((packed("192.0.2.1"),), ("a.test",))
+
+
+@pytest.mark.parametrize(("argv", "loopback"), [
+    ((), ("198.51.100.1", "2001:db8:1::1")),
+    (("--no-map-gw",), ()),
+    (("--map-host-loopback", "169.254.1.3"), ("169.254.1.3",)),
+    (("--map-host-loopback", "none"), ()),
+])
+def test_host_loopback_is_the_gateway_unless_told_otherwise(argv: tuple[str, ...],
+                                                            loopback: tuple[str, ...]) -> None:
+    assert configure(*argv)[1].host_loopback == tuple(map(packed, loopback))
+
+
+def test_guest_addr_leads_to_the_hosts_address() -> None:
+    mapping = configure("--map-guest-addr", "169.254.1.2")[1]
+    assert mapping.outbound(packed("169.254.1.2"), 8080) == ("198.51.100.2", 8080)
+
+
+@pytest.mark.parametrize(("value", "timeout"), [(None, 180.0), ("", 180.0), ("2.5", 2.5)])
+def test_udp_timeout_hook(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                          timeout: float) -> None:
+    if value is not None:
+        monkeypatch.setenv(launch.UDP_TIMEOUT_ENV, value)
+    assert launch._udp_timeout() == timeout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan"])
+def test_bad_udp_timeout_is_a_startup_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(launch.UDP_TIMEOUT_ENV, value)
+    with pytest.raises(launch.StartupError, match=launch.UDP_TIMEOUT_ENV):
+        launch._udp_timeout()
