@@ -97,6 +97,7 @@ class Engine:
         self.plan = config.plan
         self.ns_mac = config.ns_mac
         self.drops: Counter[str] = Counter()
+        self._seen: dict[int, bytes] = {}
         self.timers = Timers()
         self._ids = itertools.count(1)
         self._pings: dict[tuple[int, bytes, bytes, int], PingFlow] = {}
@@ -116,6 +117,11 @@ class Engine:
             self.timers.schedule("ra", -1.0)
 
     # ---------------------------------------------------------------- identities --
+    def ns_address(self, version: int) -> bytes | None:
+        """Where inbound flows of this family go: the address the namespace last used
+        as a source (it may have configured itself by SLAAC), else the planned one."""
+        return self._seen.get(version) or (self.plan.addr4 if version == 4 else self.plan.addr6)
+
     def new_flow_id(self) -> int:
         return next(self._ids)
 
@@ -170,6 +176,8 @@ class Engine:
             self.ns_mac = src_mac
         if ethertype in (ETH_P_IP, ETH_P_IPV6):
             packet = parse_ip(ethertype, payload)
+            if _routable(packet.src):
+                self._seen[packet.version] = packet.src
             if packet.proto == IPPROTO_TCP:
                 if self.config.tcp:
                     self.tcp.classify(packet, batch)
@@ -341,3 +349,10 @@ class Engine:
         "tcp": _tcp_due,
         "udp": _udp_due,
     }
+
+
+def _routable(addr: bytes) -> bool:
+    """Not unspecified, multicast or IPv6 link-local: an address inbound flows can use."""
+    if len(addr) == 4:
+        return addr != b"\0\0\0\0" and addr[0] < 224
+    return addr[0] != 0xFF and not (addr[0] == 0xFE and addr[1] & 0xC0 == 0x80) and any(addr)

@@ -502,7 +502,7 @@ class TcpTable:
         peer = engine.config.mapping.apparent_source(client[0])
         ns_addr = None
         if peer is not None:
-            ns_addr = engine.plan.addr4 if len(peer) == 4 else engine.plan.addr6
+            ns_addr = engine.ns_address(4 if len(peer) == 4 else 6)
         actions: list[Action] = []
         if peer is None or ns_addr is None or not self._make_room(now, actions):
             log.info("cannot forward TCP connection from %s:%d", *client)

@@ -173,10 +173,9 @@ class UdpTable:
     ) -> UdpFlow | None:
         engine = self.engine
         peer = engine.config.mapping.apparent_source(client[0])
-        plan = engine.plan
         if peer is None:
             return None
-        ns_addr = plan.addr4 if len(peer) == 4 else plan.addr6
+        ns_addr = engine.ns_address(4 if len(peer) == 4 else 6)
         if ns_addr is None or len(self._by_key) >= MAX_FLOWS:
             return None
         flow = UdpFlow(

@@ -300,3 +300,15 @@ def test_no_sequence_of_well_formed_segments_raises(segments):
             if isinstance(action, TcpSend):
                 eng.tcp.sent(action.flow, action.payloads, len(action.payloads) and 1, 0, now)
         eng.handle_deadline(now + 100)
+
+
+def test_inbound_connection_goes_to_the_address_the_namespace_uses():
+    """A namespace that configured itself by SLAAC is reached at its own address."""
+    eng = engine()
+    slaac = "2001:db8:1::1c:2dff:fe00:1"
+    eng.receive_frames([wire(Ether(src=NS_MAC, dst=OUR_MAC) / IPv6(src=slaac, dst=REMOTE6)
+                             / TCP(sport=1, dport=2, flags="R"))], now=0.0)
+    [syn] = frames_of(eng.tcp.accepted(eng.new_flow_id(), ("2001:db8:9::9", 5), 80, now=0.1))
+    assert syn[IPv6].dst == slaac
+    [syn4] = frames_of(eng.tcp.accepted(eng.new_flow_id(), ("192.0.2.9", 5), 80, now=0.1))
+    assert syn4[IP].dst == NS4  # nothing seen yet over IPv4: the planned address
