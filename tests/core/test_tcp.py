@@ -305,7 +305,7 @@ def test_no_sequence_of_well_formed_segments_raises(segments):
 def test_inbound_connection_goes_to_the_address_the_namespace_uses():
     """A namespace that configured itself by SLAAC is reached at its own address."""
     eng = engine()
-    slaac = "2001:db8:1::1c:2dff:fe00:1"
+    slaac = "2001:db8:1:0:1c:2dff:fe00:1"
     eng.receive_frames([wire(Ether(src=NS_MAC, dst=OUR_MAC) / IPv6(src=slaac, dst=REMOTE6)
                              / TCP(sport=1, dport=2, flags="R"))], now=0.0)
     [syn] = frames_of(eng.tcp.accepted(eng.new_flow_id(), ("2001:db8:9::9", 5), 80, now=0.1))
