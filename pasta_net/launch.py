@@ -308,8 +308,8 @@ def address_plan(options: Options, host: netconf.HostConfig) -> AddressPlan:
     else:
         forwards = tuple(a for a in (_packed(options.ip4.dns_forward),
                                      _packed(options.ip6.dns_forward)) if a)
-        servers = forwards or tuple(r for r in resolvers
-                                    if not ipaddress.ip_address(r).is_loopback)
+        loopback = _host_loopback(options, gw4 if want4 else None, gw6 if want6 else None)
+        servers = forwards or _reachable_resolvers(resolvers, loopback)
     search = () if dns.search_disabled else (dns.search or host_search)
     if not dns.dhcp_dns:
         servers = ()
@@ -358,20 +358,53 @@ def _udp_timeout() -> float:
     return timeout
 
 
-def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -> AddressMap:
-    """Which namespace-side addresses mean the host itself (see core/mapping.py)."""
-    loopback: tuple[bytes, ...] = ()
+def _host_loopback(options: Options, gw4: bytes | None, gw6: bytes | None
+                   ) -> tuple[bytes, ...]:
+    """The --map-host-loopback addresses: as given, else the gateways (unless --no-map-gw)."""
     explicit = tuple(a for a in (_packed(options.ip4.map_host_loopback),
                                  _packed(options.ip6.map_host_loopback)) if a)
-    if explicit:
-        loopback = explicit
-    elif not options.no_map_gw:
-        loopback = tuple(a for a in (plan.gw4, plan.gw6) if a)
+    if explicit or options.no_map_gw:
+        return explicit
+    return tuple(a for a in (gw4, gw6) if a)
+
+
+def _is_loopback(addr: bytes) -> bool:
+    return ipaddress.ip_address(addr).is_loopback
+
+
+def _reachable_resolvers(resolvers: tuple[bytes, ...], loopback: tuple[bytes, ...]
+                         ) -> tuple[bytes, ...]:
+    """The host's resolvers as the namespace reaches them (pasta's rule): one on the
+    host's loopback (systemd-resolved's 127.0.0.53) at the --map-host-loopback address of
+    its family, or not at all."""
+    reachable: list[bytes] = []
+    for resolver in resolvers:
+        if _is_loopback(resolver):
+            resolver = next((a for a in loopback if len(a) == len(resolver)), b"")
+        if resolver and resolver not in reachable:
+            reachable.append(resolver)
+    return tuple(reachable)
+
+
+def _dns_match(resolvers: tuple[bytes, ...], loopback: tuple[bytes, ...],
+               forward: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """pasta's implicit --dns-forward: when a resolver sits on the host's loopback, DNS to
+    the --map-host-loopback address goes to the host's resolver, not to whatever listens
+    on the host's 127.0.0.1:53; only in families without an explicit --dns-forward."""
+    return tuple(a for a in loopback
+                 if not any(len(f) == len(a) for f in forward)
+                 and any(len(r) == len(a) and _is_loopback(r) for r in resolvers))
+
+
+def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -> AddressMap:
+    """Which namespace-side addresses mean the host itself (see core/mapping.py)."""
+    loopback = _host_loopback(options, plan.gw4, plan.gw6)
     guest = tuple(a for a in (_packed(options.ip4.map_guest_addr),
                               _packed(options.ip6.map_guest_addr)) if a)
     forward = tuple(a for a in (_packed(options.ip4.dns_forward),
                                 _packed(options.ip6.dns_forward)) if a)
     resolvers, _search = _resolvers()
+    forward += _dns_match(resolvers, loopback, forward)
     dns4 = _packed(options.ip4.dns_host) or next((r for r in resolvers if len(r) == 4), None)
     dns6 = _packed(options.ip6.dns_host) or next((r for r in resolvers if len(r) == 16), None)
     return AddressMap(host_loopback=loopback, guest_addr=guest, host_addr4=host.addr4,

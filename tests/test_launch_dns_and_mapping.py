@@ -108,3 +108,29 @@ def test_bad_udp_timeout_is_a_startup_error(monkeypatch: pytest.MonkeyPatch, val
     monkeypatch.setenv(launch.UDP_TIMEOUT_ENV, value)
     with pytest.raises(launch.StartupError, match=launch.UDP_TIMEOUT_ENV):
         launch._udp_timeout()
+
+
+def test_loopback_resolver_is_reached_at_the_gateway(resolv_conf: Path) -> None:
+    """systemd-resolved's 127.0.0.53: pasta announces the gateway instead and sends the
+    gateway's port 53 to the real resolver (port 53 of 127.0.0.1 would be nobody)."""
+    resolv_conf.write_text("nameserver 127.0.0.53\nnameserver ::1\nnameserver 203.0.113.53\n")
+    plan, mapping = configure(*ANNOUNCE)
+    gw4, gw6 = packed("198.51.100.1"), packed("2001:db8:1::1")
+    assert (plan.dns4, plan.dns6) == ((gw4, packed("203.0.113.53")), (gw6,))
+    assert mapping.outbound(gw4, 53) == ("127.0.0.53", 53)
+    assert mapping.outbound(gw6, 53) == ("::1", 53)
+    assert mapping.outbound(gw4, 80) == ("127.0.0.1", 80)
+
+
+def test_loopback_resolver_without_host_loopback_mapping_is_left_out(resolv_conf: Path) -> None:
+    resolv_conf.write_text("nameserver 127.0.0.53\n")
+    plan, mapping = configure(*ANNOUNCE, "--no-map-gw")
+    assert plan.dns4 == ()
+    assert mapping.outbound(packed("198.51.100.1"), 53) == ("198.51.100.1", 53)
+
+
+def test_explicit_dns_forward_keeps_the_gateway_plain(resolv_conf: Path) -> None:
+    resolv_conf.write_text("nameserver 127.0.0.53\n")
+    mapping = configure("--dns-forward", "169.254.1.1")[1]
+    assert mapping.outbound(packed("169.254.1.1"), 53) == ("127.0.0.53", 53)
+    assert mapping.outbound(packed("198.51.100.1"), 53) == ("127.0.0.1", 53)

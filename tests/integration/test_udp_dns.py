@@ -335,13 +335,28 @@ def test_inbound_reply_to_a_closed_client_port_is_reported(net: Net,
 
 
 # ------------------------------------------------------------------------ DNS --
+def dns_responder(netns: Path | None, addresses: dict[int, str]) -> Responder:
+    """DNS over UDP and TCP, port 53 of ``addresses`` (by family) in ``netns``."""
+    sockets = [socket_in(netns, FAMILY[v], kind, bind=(address, 53))
+               for v, address in addresses.items()
+               for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
+    return Responder(lambda request, _client: dnswire.answer(request, DNS_RECORDS), sockets)
+
+
 @pytest.fixture(scope="module")
 def dns_server(topology: sandbox.Topology) -> Iterator[None]:
-    """DNS over UDP and TCP on the remote's service addresses, port 53."""
-    sockets = [socket_in(topology.remote.path, FAMILY[v], kind, bind=(REMOTE[v], 53))
-               for v in (4, 6) for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)]
-    with Responder(lambda request, _client: dnswire.answer(request, DNS_RECORDS), sockets):
+    """The resolver of the sandbox's resolv.conf, on the remote test host."""
+    with dns_responder(topology.remote.path, REMOTE):
         yield
+
+
+def dig(net: Net, server: str, transport: str, qtype: str) -> list[str]:
+    """dig's short answer for DNS_NAME from the container (dig ignores replies from anyone
+    but the server it asked, so an answer also proves where it came from)."""
+    tcp = "+tcp" if transport == "tcp" else "+notcp"
+    result = net.container.run(["dig", f"@{server}", tcp, "+tries=1", "+time=5", "+short",
+                                DNS_NAME, qtype])
+    return result.stdout.decode().split()
 
 
 @pytest.mark.parametrize(("forward", "qtype", "expected"), [
@@ -351,13 +366,10 @@ def dns_server(topology: sandbox.Topology) -> Iterator[None]:
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_dig_resolves_through_dns_forward(net: Net, dns_server: None, forward: str, qtype: str,
                                           expected: str, transport: str) -> None:
-    """dig (which ignores replies from anyone but the server it asked) reaches the remote's
-    DNS server, the first resolver of the sandbox's resolv.conf, at --dns-forward."""
+    """The remote's DNS server, the first resolver of the sandbox's resolv.conf, answers
+    at --dns-forward."""
     net.start("--dns-forward", forward)
-    tcp = "+tcp" if transport == "tcp" else "+notcp"
-    result = net.container.run(["dig", f"@{forward}", tcp, "+tries=1", "+time=5", "+short",
-                                DNS_NAME, qtype])
-    assert result.stdout.decode().split() == [expected]
+    assert dig(net, forward, transport, qtype) == [expected]
 
 
 def test_dns_forward_reply_comes_from_the_forward_address(net: Net, dns_server: None) -> None:
@@ -375,6 +387,20 @@ def test_dns_host_overrides_resolv_conf(net: Net, dns_server: None,
     query = dnswire.query(8, DNS_NAME, dnswire.TYPE_A)
     reply = exchange(net.client(4), query, ("169.254.1.1", 53))[0]
     assert dnswire.parse_response(reply)[1:] == (0, [DNS_RECORDS[(DNS_NAME, dnswire.TYPE_A)]])
+
+
+@pytest.mark.parametrize("args", [(), ("--dns-forward", "169.254.1.1")],
+                         ids=["gateway", "dns-forward"])
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_resolver_on_the_host_loopback(net: Net, sandbox_resolv_conf: Path,
+                                       args: tuple[str, ...], transport: str) -> None:
+    """A host whose only resolver is systemd-resolved's 127.0.0.53: as pasta, the gateway
+    (or the --dns-forward address) port 53 leads to it."""
+    sandbox_resolv_conf.write_text("nameserver 127.0.0.53\n")
+    net.start(*args)
+    server = args[1] if args else GATEWAY_V4
+    with dns_responder(None, {4: "127.0.0.53"}):
+        assert dig(net, server, transport, "A") == ["192.0.2.53"]
 
 
 # -------------------------------------------------------------------- mapping --
