@@ -49,6 +49,7 @@ from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import ListenError
 from pasta_net.shell.pcap import PcapWriter
 from pasta_net.shell.run import serve
+from pasta_net.shell.stats import DEBUG_INTERVAL, log_stats
 from pasta_net.shell.tap import FrameDevice, TapDevice
 
 __all__ = [
@@ -89,6 +90,7 @@ _EXPECTED = (StartupError, netns.NetnsError, netconf.NetconfError, tun.TunError,
 
 def run(options: Options, prog: str) -> int:
     """Run pasta mode as the options say; the process exit status."""
+    own_process(options)
     setup_logging(options, prog)
     if options.command or (options.pid is None and options.ns.netns is None):
         return _run_command(options)
@@ -207,6 +209,10 @@ def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
     ``follow`` is ``--follow-host`` (pasta mode).
     """
     privileges.drop_privileges(resolve_runas(options.runas) if options.runas else None)
+    keep = privileges.needed_capabilities(follow_host=follow is not None)
+    privileges.drop_capabilities(keep)
+    if ns is not None:
+        ns.call(privileges.drop_capabilities, keep)
     pcap = PcapWriter(options.pcap) if options.pcap else None
     hub = Hub(Engine(config), device, pcap)
     try:
@@ -229,6 +235,11 @@ def _forwarder(options: Options, ns: netns.NetnsThread | None,
         nursery.start_soon(forwarding.run)
         controller = Controller(hub, forwards, forwarding.ephemeral, auto=ns is not None)
         await open_control(options.control_path, options.api_socket, controller, nursery)
+        stats = options.log.stats
+        if stats is not None:  # at least a second apart: 0 would spin
+            nursery.start_soon(log_stats, controller, max(stats, 1), logging.INFO)
+        elif options.log.debug:
+            nursery.start_soon(log_stats, controller, DEBUG_INTERVAL, logging.DEBUG)
         if follow is not None:
             await nursery.start(follow_host, follow, hub.engine)
 
@@ -413,6 +424,13 @@ def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -
 
 
 # ------------------------------------------------------------------ process --
+def own_process(options: Options) -> None:
+    """First thing in either mode: close what our starter leaked to us (all fds above
+    stderr but ``--fd``), and take the whole fd limit we are allowed (DESIGN.md §6)."""
+    privileges.close_inherited_fds([] if options.fd is None else [options.fd])
+    privileges.raise_fd_limit()
+
+
 def _write_pid_file(options: Options) -> None:
     if options.pid_file:
         with open(options.pid_file, "w") as f:

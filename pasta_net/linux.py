@@ -19,6 +19,8 @@ import os
 import cffi
 
 __all__ = [
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
     "CLONE_NEWNET",
     "CLONE_NEWNS",
     "CLONE_NEWUSER",
@@ -29,6 +31,8 @@ __all__ = [
     "NS_GET_NSTYPE",
     "NS_GET_PARENT",
     "NS_GET_USERNS",
+    "PR_CAP_AMBIENT",
+    "PR_CAP_AMBIENT_CLEAR_ALL",
     "PR_SET_DUMPABLE",
     "PR_SET_NO_NEW_PRIVS",
     "TUNSETIFF",
@@ -37,10 +41,12 @@ __all__ = [
     "TUN_F_CSUM",
     "TUN_F_TSO4",
     "TUN_F_TSO6",
+    "capabilities",
     "ioctl",
     "ioctl_ifreq",
     "ioctl_int",
     "prctl",
+    "set_capabilities",
     "setns",
     "unshare",
 ]
@@ -53,6 +59,11 @@ _ffi.cdef(
     int ioctl(int fd, unsigned long request, ...);
     int prctl(int option, unsigned long arg2, unsigned long arg3,
               unsigned long arg4, unsigned long arg5);
+
+    struct cap_header { uint32_t version; int pid; };
+    struct cap_data { uint32_t effective; uint32_t permitted; uint32_t inheritable; };
+    int capget(struct cap_header *header, struct cap_data *data);
+    int capset(struct cap_header *header, const struct cap_data *data);
 
     struct ifreq {
         char ifr_name[16];
@@ -83,6 +94,14 @@ TUN_F_TSO6 = 0x04
 # <linux/prctl.h>
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# <linux/capability.h>
+CAP_NET_BIND_SERVICE = 10
+CAP_NET_ADMIN = 12
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_WORDS = 2
 
 _IOC_WRITE = 1
 
@@ -145,6 +164,33 @@ def ioctl_ifreq(fd: int, request: int, name: str, flags: int) -> str:
     return _ffi.string(ifr.ifr_name).decode()
 
 
+def capabilities() -> tuple[int, int, int]:
+    """The calling thread's ``(effective, permitted, inheritable)`` capability masks."""
+    header = _ffi.new("struct cap_header *", (_LINUX_CAPABILITY_VERSION_3, 0))
+    data = _ffi.new("struct cap_data[2]")
+    _check(_libc.capget(header, data))
+    effective = permitted = inheritable = 0
+    for word in range(_CAP_WORDS):
+        shift = 32 * word
+        effective |= data[word].effective << shift
+        permitted |= data[word].permitted << shift
+        inheritable |= data[word].inheritable << shift
+    return effective, permitted, inheritable
+
+
+def set_capabilities(effective: int, permitted: int, inheritable: int) -> None:
+    """``capset`` for the calling *thread* (capabilities are per thread in Linux)."""
+    header = _ffi.new("struct cap_header *", (_LINUX_CAPABILITY_VERSION_3, 0))
+    data = _ffi.new("struct cap_data[2]")
+    for word in range(_CAP_WORDS):
+        shift = 32 * word
+        data[word].effective = (effective >> shift) & 0xFFFFFFFF
+        data[word].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[word].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.capset(header, data))
+
+
 def prctl(option: int, arg2: int = 0) -> int:
-    """``prctl(option, arg2, 0, 0, 0)``: ``PR_SET_NO_NEW_PRIVS``, ``PR_SET_DUMPABLE``."""
+    """``prctl(option, arg2, 0, 0, 0)``: ``PR_SET_NO_NEW_PRIVS``, ``PR_SET_DUMPABLE``,
+    ``PR_CAP_AMBIENT``."""
     return _check(_libc.prctl(option, arg2, 0, 0, 0))

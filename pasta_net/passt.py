@@ -44,6 +44,7 @@ SOCKET_MAX = 64
 
 def run(options: Options, prog: str) -> int:
     """Run passt mode as the options say; the process exit status."""
+    launch.own_process(options)
     launch.setup_logging(options, prog)
     try:
         stream, path = _open_stream(options)

@@ -12,17 +12,37 @@ inside a user namespace is already unprivileged towards the host and keeps its u
 unless ``--runas`` is given. ``PR_SET_NO_NEW_PRIVS`` is always set, so no later
 ``execve`` (there should be none) can regain anything through setuid bits or file
 capabilities.
+
+Capabilities: a uid change away from 0 clears them all. Root inside a user namespace
+keeps its uid, so :func:`drop_capabilities` then empties every set but what the run
+still needs, as pasta does: ``CAP_NET_BIND_SERVICE`` (forwarding low ports bound at run
+time: ``auto``, the control socket) and, with ``--follow-host`` only, ``CAP_NET_ADMIN``
+(re-addressing the namespace's interface). Capabilities belong to threads, not
+processes: the caller drops them in every thread that exists (the namespace thread
+too); threads started later inherit the reduced sets.
+
+File descriptors: :func:`close_inherited_fds` runs first thing, before we open any
+(as passt's ``close_open_files``): nothing a caller leaked to us survives into the
+daemon, except what the options name (``--fd``).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import resource
 from collections.abc import Iterable
 
 from pasta_net import linux
 
-__all__ = ["PrivilegeError", "close_inherited_fds", "drop_privileges"]
+__all__ = [
+    "PrivilegeError",
+    "close_inherited_fds",
+    "drop_capabilities",
+    "drop_privileges",
+    "needed_capabilities",
+    "raise_fd_limit",
+]
 
 _IDENTITY_MAP = ["0", "0", "4294967295"]
 _NOBODY = 65534
@@ -73,6 +93,36 @@ def _setgroups_allowed() -> bool:
     """False in a user namespace whose creator wrote ``deny`` (as unprivileged ones must)."""
     with open("/proc/self/setgroups") as setgroups:
         return setgroups.read().strip() == "allow"
+
+
+def needed_capabilities(follow_host: bool) -> frozenset[int]:
+    """The capabilities the serving process may keep (if it has them at all)."""
+    keep = {linux.CAP_NET_BIND_SERVICE}
+    if follow_host:
+        keep.add(linux.CAP_NET_ADMIN)
+    return frozenset(keep)
+
+
+def drop_capabilities(keep: frozenset[int]) -> None:
+    """Reduce the calling thread's capabilities to ``keep`` (those it has of them):
+    effective and permitted; inheritable and ambient emptied."""
+    _effective, permitted, _inheritable = linux.capabilities()
+    mask = sum(1 << cap for cap in keep) & permitted
+    linux.set_capabilities(mask, mask, 0)
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one (as pasta): large forwarded port
+    ranges and many flows need fds, and a low soft limit is only a default. Returns the
+    limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            return soft
+    return hard
 
 
 def close_inherited_fds(keep: Iterable[int]) -> None:
