@@ -26,6 +26,7 @@ Kernel facts this module is built on (``setns(2)``, ``user_namespaces(7)``, ``io
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -52,6 +53,7 @@ __all__ = [
     "wait_gone",
 ]
 
+log = logging.getLogger("pasta_net.netns")
 T = TypeVar("T")
 _Call = tuple[Future[Any], Callable[..., Any], tuple[object, ...]]
 
@@ -407,10 +409,16 @@ async def wait_gone(target: Target, poll: float = 0.2) -> None:
         return
     assert target.path is not None
     ident = _ns_id(os.fstat(target.netns_fd))
+    warned = False
     while True:
         try:
             if _ns_id(os.stat(target.path)) != ident:
                 return
         except FileNotFoundError:
             return
+        except OSError as exc:  # e.g. EACCES after dropping to nobody: keep serving
+            if not warned:
+                log.warning("Can't watch %s (%s): won't quit when it is deleted",
+                            target.path, exc.strerror)
+                warned = True
         await trio.sleep(poll)
