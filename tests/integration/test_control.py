@@ -7,6 +7,7 @@ host changes of the last test are undone by its fixture, whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -156,6 +157,30 @@ def test_stats_change_as_traffic_flows(
     assert after["flows"]["icmp"] == 1  # the ping socket lives on for a while
     human = ctl(pasta_net, control, "stats")
     assert human.startswith("uptime    ") and "\nforwards  1\n" in human
+
+
+def test_silent_and_flooding_control_clients_do_not_stall_traffic(
+    pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
+    topology: sandbox.Topology, server: subprocess.Popen[bytes], tmp_path: Path,
+) -> None:
+    """Clients that say nothing, and one that sends requests without reading the replies
+    (the server ends up blocked writing to it), while forwarded traffic flows."""
+    control = tmp_path / "control.sock"
+    pasta_net.start([*CONFIG_NET, "-c", str(control), "-t", f"{HOST_PORT}:{CONTAINER_PORT}"])
+    container.wait_for_address(HOST_V4)
+    with contextlib.ExitStack() as clients:
+        for _ in range(4):
+            clients.enter_context(socket.socket(socket.AF_UNIX)).connect(str(control))
+        flood = clients.enter_context(socket.socket(socket.AF_UNIX))
+        flood.connect(str(control))
+        flood.setblocking(False)
+        requests, sent = b'{"command": "stats"}\n' * 1000, 0
+        with contextlib.suppress(BlockingIOError):
+            while sent < 64 << 20:
+                sent += flood.send(requests)
+        for host in (HOST_V4, HOST_V6):
+            assert from_remote(topology, host) == "HELLO"
+        assert json.loads(ctl(pasta_net, control, "stats", "--json"))["forwards"] == 1
 
 
 MAN_ADD = (b'{"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "0.0.0.0",'
