@@ -189,12 +189,11 @@ def hostfwd_json(forward: Forward, ns_addr4: bytes | None,
         return None
     rule = rules[0]
     version = rule.addr.version if rule.addr is not None else 4 if ns_addr4 else 6
-    guest = ns_addr4 if version == 4 else ns_addr6
+    ns_addr = ns_addr4 if version == 4 else ns_addr6
+    guest = rule.to_addr or (ipaddress.ip_address(ns_addr) if ns_addr else "")
     return {"id": forward.id, "proto": OPTIONS[forward.option][0],
             "host_addr": str(rule.addr) if rule.addr is not None else "",
-            "host_port": rule.first,
-            "guest_addr": str(ipaddress.ip_address(guest)) if guest else "",
-            "guest_port": rule.to_first}
+            "host_port": rule.first, "guest_addr": str(guest), "guest_port": rule.to_first}
 
 
 # ------------------------------------------------------------------ checks --

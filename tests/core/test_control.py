@@ -204,6 +204,9 @@ def test_hostfwd_lists_what_slirp4netns_can_express_only() -> None:
     assert hostfwd_json(Forward(1, "-t", parse_port_spec("80")), NS4, NS6)["host_addr"] == ""
     assert hostfwd_json(Forward(2, "-t", parse_port_spec("80-81")), NS4, NS6) is None
     assert hostfwd_json(Forward(3, "-T", parse_port_spec("80")), NS4, NS6) is None
+    targeted = hostfwd_json(Forward(4, "-t", parse_port_spec("0.0.0.0/80:10.0.0.5/8080")),
+                            NS4, NS6)
+    assert (targeted["guest_addr"], targeted["guest_port"]) == ("10.0.0.5", 8080)
 
 
 def test_native_list_entry() -> None:
