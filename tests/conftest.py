@@ -20,7 +20,9 @@ namespace and so cannot write a wider map.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import getpass
 import os
 import subprocess
 import tempfile
@@ -99,6 +101,17 @@ def _configure_host_netns() -> None:
     _write("/proc/sys/net/ipv4/ping_group_range", "0 0")
 
 
+def _pin_user_name() -> None:
+    """Keep pytest's tmp_path under our real user name once we are uid 0.
+
+    pytest names its base directory /tmp/pytest-of-<user> from getpass.getuser(), lazily.
+    Without LOGNAME or USER that would say "root" inside the sandbox, and an unprivileged
+    run would then refuse the real root's directory ("not owned by the current user").
+    """
+    with contextlib.suppress(KeyError, OSError):
+        os.environ["LOGNAME"] = getpass.getuser()
+
+
 def _enter_sandbox() -> Path:
     """Enter the sandbox; returns the private tmpfs directory.
 
@@ -106,6 +119,7 @@ def _enter_sandbox() -> Path:
     double-fork away from their parent) are re-parented to pytest: the harness can reap
     them, read their exit status and find any that a test leaked.
     """
+    _pin_user_name()
     _enter_namespaces()
     directory = _mount_private_tmpfs()
     _configure_host_netns()
