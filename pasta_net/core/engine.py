@@ -136,7 +136,13 @@ class Engine:
         ``self.config.mapping`` per frame, never a copy), so a flow whose addresses did
         not change goes on; one whose did dies as it would on a real host. A router
         advertisement goes out at once, so SLAAC learns a new prefix now, not in minutes.
+        The source address last seen is forgotten for a family whose address changed:
+        inbound flows then go to the new address, not to the one that went away.
         """
+        for version, old, new in ((4, self.plan.addr4, plan.addr4),
+                                  (6, self.plan.addr6, plan.addr6)):
+            if old != new:
+                self._seen.pop(version, None)
         self.plan = plan
         self.config = attrs.evolve(self.config, plan=plan, mapping=mapping)
         if self.config.ra and self.config.ndp and plan.addr6 is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import sandbox
 import servers
-from sandbox import GATEWAY_V4, HOST_V4, HOST_V6, REMOTE_V6
+from sandbox import GATEWAY_V4, HOST_V4, HOST_V6, REMOTE_V4, REMOTE_V6
 
 CONFIG_NET = ["--config-net", "-t", "none", "-u", "none", "-T", "none", "-U", "none"]
 HOST_PORT = 18081
@@ -275,13 +275,14 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as so
 @pytest.mark.parametrize("order", MOVES)
 def test_follow_host_address_and_gateway(
     pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
-    topology: sandbox.Topology, order: str,
+    topology: sandbox.Topology, server: subprocess.Popen[bytes], order: str,
 ) -> None:
-    """A new address and gateway on the host show in the namespace within 2 s; a flow
-    whose addresses did not change (IPv6 here) goes on."""
-    pasta_net.start([*CONFIG_NET, "--follow-host"])
+    """A new address and gateway on the host show in the namespace within 2 s; forwards
+    reach the new address; a flow whose addresses did not change (IPv6 here) goes on."""
+    pasta_net.start([*CONFIG_NET, "--follow-host", "-t", f"{HOST_PORT}:{CONTAINER_PORT}"])
     container.wait_for_address(HOST_V4)
     container.wait_for_address(HOST_V6)
+    container.run(["ping", "-c", "1", "-W", "5", REMOTE_V4])  # from the old address
     talker = container.popen([sys.executable, "-c", _KEEP_TALKING, REMOTE_V6,
                               str(servers.ECHO_PORT)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -301,7 +302,8 @@ def test_follow_host_address_and_gateway(
     sandbox.wait_until(moved, FOLLOW_DEADLINE, "the namespace following the host")
 
     assert GATEWAY_V4 not in {r.gateway for r in container.routes() if r.dst == "default"}
-    container.run(["ping", "-c", "1", "-W", "5", "203.0.113.1"])  # through the new address
+    assert from_remote(topology, NEW_HOST_V4) == "HELLO"  # to the new address
+    container.run(["ping", "-c", "1", "-W", "5", REMOTE_V4])  # from it
     talker.stdin.write(b"after\n")  # IPv6 did not change: its connection goes on
     talker.stdin.flush()
     assert talker.stdout.readline() == b"after\n"
