@@ -41,7 +41,7 @@ from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.core.udp import IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
 from pasta_net.options import IpConfig, Options, resolve_runas
-from pasta_net.shell.control import ControlError, Controller, open_control
+from pasta_net.shell.control import Bound, ControlError, Controller, bind_control, serve_control
 from pasta_net.shell.follow import Follow, follow_host
 from pasta_net.shell.forwarding import Forwarding
 from pasta_net.shell.forwards import ForwardTable
@@ -108,9 +108,14 @@ def run_service(options: Options, service: Service) -> int:
     Shared by pasta and passt mode: "ready" writes the pid file and, for a daemon, lets
     the parent exit 0; a failure before that makes it exit 1.
     """
+    try:
+        pid_file = _open_pid_file(options)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
     if options.log.foreground:
-        return _guarded(service, lambda: _write_pid_file(options))
-    return _daemonize(options, service)
+        return _guarded(service, lambda: _write_pid_file(pid_file))
+    return _daemonize(pid_file, service)
 
 
 def _guarded(service: Service, ready: Callable[[], None]) -> int:
@@ -122,11 +127,13 @@ def _guarded(service: Service, ready: Callable[[], None]) -> int:
     return 0
 
 
-def _daemonize(options: Options, service: Service) -> int:
+def _daemonize(pid_file: int | None, service: Service) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
         os.close(write_end)
+        if pid_file is not None:
+            os.close(pid_file)
         with os.fdopen(read_end, "rb") as pipe:
             ready = pipe.read(1) == _READY
         if ready:
@@ -137,7 +144,7 @@ def _daemonize(options: Options, service: Service) -> int:
     os.setsid()
 
     def signal_ready() -> None:
-        _write_pid_file(options)
+        _write_pid_file(pid_file)
         _detach_stdio()  # first: whoever reads our stdio sees EOF when the parent exits
         os.write(write_end, _READY)
         os.close(write_end)
@@ -148,11 +155,16 @@ def _daemonize(options: Options, service: Service) -> int:
 def _run_command(options: Options) -> int:
     """``pasta-net [options] [COMMAND]``: a new user+net namespace running COMMAND."""
     argv = list(options.command) or [os.environ.get("SHELL") or "/bin/sh"]
+    try:
+        pid_file = _open_pid_file(options)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
     spawned = netns.spawn_in_new_namespace(argv)
     status: list[int] = []
 
     def ready() -> None:
-        _write_pid_file(options)
+        _write_pid_file(pid_file)
         spawned.release()
 
     async def command_exits() -> None:
@@ -208,21 +220,23 @@ def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
     ``ns`` (pasta mode) opens the namespace's sockets for splicing, -T/-U and ``auto``;
     ``follow`` is ``--follow-host`` (pasta mode).
     """
+    # created while we still may: real root becomes nobody just below
+    pcap = PcapWriter(options.pcap) if options.pcap else None
+    control = bind_control(options.control_path, options.api_socket)
     privileges.drop_privileges(resolve_runas(options.runas) if options.runas else None)
     keep = privileges.needed_capabilities(follow_host=follow is not None)
-    privileges.drop_capabilities(keep)
+    privileges.lock_thread(keep)
     if ns is not None:
-        ns.call(privileges.drop_capabilities, keep)
-    pcap = PcapWriter(options.pcap) if options.pcap else None
+        ns.call(privileges.lock_thread, keep)
     hub = Hub(Engine(config), device, pcap)
     try:
-        trio.run(serve, hub, gone, ready, _forwarder(options, ns, follow))
+        trio.run(serve, hub, gone, ready, _forwarder(options, control, ns, follow))
     finally:
         if pcap is not None:
             pcap.close()
 
 
-def _forwarder(options: Options, ns: netns.NetnsThread | None,
+def _forwarder(options: Options, control: Bound, ns: netns.NetnsThread | None,
                follow: Follow | None = None) -> Callable:
     """The ``setup`` step of :func:`serve`: bind the forwards and the control sockets
     before we say "ready", then keep ``auto`` in step (and close them all) in a task of
@@ -234,7 +248,7 @@ def _forwarder(options: Options, ns: netns.NetnsThread | None,
         forwarding.bind_command_line(forwards)
         nursery.start_soon(forwarding.run)
         controller = Controller(hub, forwards, forwarding.ephemeral, auto=ns is not None)
-        await open_control(options.control_path, options.api_socket, controller, nursery)
+        serve_control(control, controller, nursery)
         stats = options.log.stats
         if stats is not None:  # at least a second apart: 0 would spin
             nursery.start_soon(log_stats, controller, max(stats, 1), logging.INFO)
@@ -425,16 +439,32 @@ def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -
 
 # ------------------------------------------------------------------ process --
 def own_process(options: Options) -> None:
-    """First thing in either mode: close what our starter leaked to us (all fds above
-    stderr but ``--fd``), and take the whole fd limit we are allowed (DESIGN.md §6)."""
+    """First thing in either mode, while we are one thread: close what our starter leaked
+    to us (all fds above stderr but ``--fd``), take the whole fd limit we are allowed,
+    and keep capabilities over a switch away from root, to drop them one by one later
+    (DESIGN.md §6)."""
     privileges.close_inherited_fds([] if options.fd is None else [options.fd])
     privileges.raise_fd_limit()
+    privileges.keep_capabilities_across_uid_change()
 
 
-def _write_pid_file(options: Options) -> None:
-    if options.pid_file:
-        with open(options.pid_file, "w") as f:
-            f.write(f"{os.getpid()}\n")
+def _open_pid_file(options: Options) -> int | None:
+    """Open (create) the ``-P`` file now, while we still may: real root becomes nobody
+    before "ready", when the pid is known and written (pasta opens it early too)."""
+    if not options.pid_file:
+        return None
+    try:
+        return os.open(options.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                       0o644)
+    except OSError as exc:
+        raise StartupError(f"Couldn't open PID file {options.pid_file}: {exc.strerror}"
+                           ) from None
+
+
+def _write_pid_file(fd: int | None) -> None:
+    if fd is not None:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
 
 
 def _detach_stdio() -> None:

@@ -13,13 +13,15 @@ unless ``--runas`` is given. ``PR_SET_NO_NEW_PRIVS`` is always set, so no later
 ``execve`` (there should be none) can regain anything through setuid bits or file
 capabilities.
 
-Capabilities: a uid change away from 0 clears them all. Root inside a user namespace
-keeps its uid, so :func:`drop_capabilities` then empties every set but what the run
-still needs, as pasta does: ``CAP_NET_BIND_SERVICE`` (forwarding low ports bound at run
-time: ``auto``, the control socket) and, with ``--follow-host`` only, ``CAP_NET_ADMIN``
-(re-addressing the namespace's interface). Capabilities belong to threads, not
-processes: the caller drops them in every thread that exists (the namespace thread
-too); threads started later inherit the reduced sets.
+Capabilities: whoever we run as, :func:`lock_thread` empties every set but what the
+run still needs: ``CAP_NET_BIND_SERVICE`` (forwarded low ports are bound after the
+switch, and at run time: ``auto``, the control socket) and, with ``--follow-host``
+only, ``CAP_NET_ADMIN`` (re-addressing the namespace's interface). A uid change away
+from 0 would clear them all, so :func:`keep_capabilities_across_uid_change` asks the
+kernel to keep the permitted set over it, before any thread exists (the flag is
+inherited by threads, and cleared by ``execve``). Capabilities and no_new_privs belong to
+threads, not processes: the caller runs :func:`lock_thread` in every thread that exists
+(the namespace thread too); threads started later inherit both.
 
 File descriptors: :func:`close_inherited_fds` runs first thing, before we open any
 (as passt's ``close_open_files``): nothing a caller leaked to us survives into the
@@ -40,6 +42,8 @@ __all__ = [
     "close_inherited_fds",
     "drop_capabilities",
     "drop_privileges",
+    "keep_capabilities_across_uid_change",
+    "lock_thread",
     "needed_capabilities",
     "raise_fd_limit",
 ]
@@ -110,6 +114,21 @@ def drop_capabilities(keep: frozenset[int]) -> None:
     mask = sum(1 << cap for cap in keep) & permitted
     linux.set_capabilities(mask, mask, 0)
     linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def keep_capabilities_across_uid_change() -> None:
+    """Real root switching to nobody keeps its permitted capabilities (not its effective
+    ones), so that :func:`lock_thread` can keep what is needed and drop the rest."""
+    linux.prctl(linux.PR_SET_KEEPCAPS, 1)
+
+
+def lock_thread(keep: frozenset[int]) -> None:
+    """What every thread gives up on its own (all per-thread state in Linux):
+    capabilities but ``keep``, any later gain through ``execve`` (no_new_privs), and the
+    keep-capabilities flag, whose work is done."""
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    drop_capabilities(keep)
+    linux.prctl(linux.PR_SET_KEEPCAPS, 0)
 
 
 def raise_fd_limit() -> int:

@@ -60,7 +60,7 @@ from pasta_net.shell.forwards import ForwardTable
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import ListenError
 
-__all__ = ["ControlError", "Controller", "open_control"]
+__all__ = ["Bound", "ControlError", "Controller", "bind_control", "open_control", "serve_control"]
 
 log = logging.getLogger("pasta_net.control")
 
@@ -175,10 +175,32 @@ async def open_control(control_path: str | None, api_socket: str | None,
     Binding happens here, before the caller reports "ready": a client may connect as
     soon as we are. Raises :class:`ControlError` when a path cannot be used.
     """
+    serve_control(bind_control(control_path, api_socket), controller, nursery)
+
+
+Bound = list[tuple[socket.socket, str, Handler]]
+
+
+def bind_control(control_path: str | None, api_socket: str | None) -> Bound:
+    """Bind the control sockets that were asked for, not serving them yet: the daemon
+    binds them before it gives up root (nobody may not create them where root may), and
+    serves them once trio runs. Raises :class:`ControlError`."""
+    bound: Bound = []
     for path, handler in ((control_path, _native_client), (api_socket, _slirp_client)):
         if path:
-            listener = _bind_unix(path)
-            nursery.start_soon(_serve, listener, path, handler, controller)
+            try:
+                bound.append((_bind_unix(path), path, handler))
+            except ControlError:
+                for sock, _path, _handler in bound:
+                    sock.close()
+                raise
+    return bound
+
+
+def serve_control(bound: Bound, controller: Controller, nursery: trio.Nursery) -> None:
+    """Serve sockets from :func:`bind_control` in ``nursery``."""
+    for listener, path, handler in bound:
+        nursery.start_soon(_serve, listener, path, handler, controller)
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -229,8 +251,8 @@ def _unlink_if_ours(path: str, inode: int) -> None:
     try:
         if os.stat(path).st_ino == inode:
             os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except OSError:
+        pass  # gone already, or in a directory only root (which we were) may change
 
 
 async def _client(conn: trio.socket.SocketType, handler: Handler, controller: Controller,

@@ -9,12 +9,14 @@ Each command prints one line of JSON (after "ready" lines where it waits for the
         # upload SIZE bytes to the sink; halfway, inject absurd segments into the live
         # connection (learned by sniffing its own frames), then finish and compare hashes
     hostile_tool.py paused-upload HOST PORT SIZE  # half, "paused", wait for a stdin line, rest
+    hostile_tool.py paused-download HOST PORT SIZE  # the same, receiving from the source
     hostile_tool.py hold-many HOST PORT COUNT     # COUNT connections held until stdin closes
     hostile_tool.py udp-ask HOST PORT             # one datagram on a new flow: reply or error
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import struct
@@ -170,6 +172,21 @@ def paused_upload(host: str, port: int, size: int) -> dict:
     return {"sent_sha": pattern_sha256(size), "peer_sha": digest, "peer_got": int(count)}
 
 
+def paused_download(host: str, port: int, size: int) -> dict:
+    sock = socket.create_connection((host, port), timeout=60)
+    sock.sendall(f"{size}\n".encode())
+    digest, got = hashlib.sha256(), 0
+    paused = False
+    while chunk := sock.recv(1 << 16):
+        digest.update(chunk)
+        got += len(chunk)
+        if not paused and got >= size // 2:
+            paused = True
+            _emit(paused=True)
+            sys.stdin.readline()
+    return {"expected_sha": pattern_sha256(size), "got_sha": digest.hexdigest(), "got": got}
+
+
 def hold_many(host: str, port: int, count: int) -> dict:
     held, outcomes = [], {"connected": 0, "refused": 0, "reset": 0, "timeout": 0, "other": 0}
     slowest = 0.0
@@ -225,6 +242,8 @@ def main(argv: list[str]) -> None:
         result = live_abuse(args[0], args[1], int(args[2]), int(args[3]))
     elif command == "paused-upload":
         result = paused_upload(args[0], int(args[1]), int(args[2]))
+    elif command == "paused-download":
+        result = paused_download(args[0], int(args[1]), int(args[2]))
     elif command == "hold-many":
         result = hold_many(args[0], int(args[1]), int(args[2]))
     elif command == "udp-ask":
