@@ -206,7 +206,12 @@ def test_exits_within_a_second_of_the_netns_file_going(
     assert time.monotonic() - gone_at <= EXIT_DEADLINE
     for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
         with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((wildcard, HOST_PORT))  # no SO_REUSEADDR: nothing may hold it
+            # As the restarted pasta binds: SO_REUSEADDR passes over TIME-WAIT leftovers of
+            # earlier connections, but not over a listener still holding the port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((wildcard, HOST_PORT))
             sock.listen()
 
 
