@@ -10,9 +10,9 @@ writable; the payload never leaves the kernel.
 Rules this file keeps:
 
 1. Edge-triggered, in the hub's epoll set: both sockets are registered once
-   (``EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET``). After an event on either socket both
-   directions are pumped until neither moves: a direction that stopped on a full pipe
-   resumes on its destination's writable edge, and that edge runs the same pump.
+   (``EPOLLIN|EPOLLOUT|EPOLLRDHUP|EPOLLET``). A readable socket has its direction
+   pumped until its source is empty or its destination full; a direction stopped on a
+   full destination (bytes left in its pipe) resumes on that destination's next event.
 2. A direction ends when its source reads EOF and its pipe is empty; only then does the
    destination get ``shutdown(SHUT_WR)``, so a half-close travels and no byte is lost.
 3. Any error (an RST, ``EPIPE``, a refused connect) aborts the pair: both sockets close
@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import select
 import socket
@@ -54,6 +55,8 @@ _F_GETPIPE_SZ = 1032
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _CONNECTED = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+_HANGUP = select.EPOLLRDHUP | select.EPOLLHUP
+_READABLE = select.EPOLLIN | _HANGUP
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 SocketFactory = Callable[[int, int], socket.socket]
@@ -79,13 +82,19 @@ def _open_pipe() -> tuple[int, int, int]:
 class _Direction:
     """One way of a pair: ``src`` → pipe → ``dst``."""
 
-    __slots__ = ("capacity", "dst", "eof", "queued", "read_end", "shut", "src", "write_end")
+    __slots__ = ("capacity", "dst", "eof", "hup", "queued", "read_end", "shut", "slots",
+                 "src", "write_end")
 
     def __init__(self, src: socket.socket, dst: socket.socket) -> None:
         self.src, self.dst = src, dst
         self.read_end, self.write_end, self.capacity = _open_pipe()
+        self.slots = self.capacity // mmap.PAGESIZE
+        """Buffers the pipe holds; each takes at least one byte, so a pipe holding fewer
+        bytes than this has room for more."""
         self.queued = 0
         """Bytes in the pipe: read from ``src``, not yet taken by ``dst``."""
+        self.hup = False
+        """``src`` reported EPOLLRDHUP: its EOF is waiting behind whatever data is left."""
         self.eof = False
         self.shut = False
 
@@ -96,30 +105,44 @@ class _Direction:
         """
         src, dst = self.src.fileno(), self.dst.fileno()
         while True:
-            moved = False
-            if not self.eof and self.queued < self.capacity:
-                try:
-                    count = os.splice(src, self.write_end, self.capacity - self.queued,
-                                      flags=_FLAGS)
-                except BlockingIOError:  # nothing to read, or the pipe is full after all
-                    count = -1
-                if count == 0:
-                    self.eof = True
-                elif count > 0:
-                    self.queued += count
-                    moved = True
-            if self.queued:
-                try:
-                    count = os.splice(self.read_end, dst, self.queued, flags=_FLAGS)
-                except BlockingIOError:  # dst is full: its EPOLLOUT edge brings us back
-                    count = 0
-                self.queued -= count
-                moved = moved or count > 0
-            if not moved:
+            more = self._fill(src)
+            if self.queued and not self._drain(dst):
+                break  # dst is full: its EPOLLOUT edge brings us back
+            if not more:
                 break
         if self.eof and not self.queued and not self.shut:
             self.dst.shutdown(socket.SHUT_WR)
             self.shut = True
+
+    def _fill(self, src: int) -> bool:
+        """``src`` → pipe; whether ``src`` may hold more.
+
+        A read shorter than asked means ``src`` is empty, unless the pipe ran out of
+        buffers instead (possible only once it holds ``slots`` bytes): then, and on a
+        full pipe, we look again after draining. Not asking again when it cannot help
+        saves a syscall per wake-up, half of what a small request costs here. Once
+        ``src`` hung up, we read on to the EOF: its edge will not come again.
+        """
+        room = self.capacity - self.queued
+        if self.eof or room <= 0:
+            return not self.eof
+        try:
+            count = os.splice(src, self.write_end, room, flags=_FLAGS)
+        except BlockingIOError:
+            count = -1
+        if count == 0:
+            self.eof = True
+            return False
+        self.queued += max(count, 0)
+        return count == room or self.queued >= self.slots or (self.hup and count > 0)
+
+    def _drain(self, dst: int) -> bool:
+        """Pipe → ``dst``; whether all of it went (a short write means ``dst`` is full)."""
+        try:
+            self.queued -= os.splice(self.read_end, dst, self.queued, flags=_FLAGS)
+        except BlockingIOError:
+            return False
+        return not self.queued
 
     def close(self) -> None:
         os.close(self.read_end)
@@ -133,8 +156,9 @@ class _Pair:
         self.table = table
         self.accepted = accepted
         self.peer = peer
-        self.directions: tuple[_Direction, ...] = ()
-        """Empty until the connect completed; the pipes are made only then."""
+        self.directions: tuple[_Direction, _Direction] | None = None
+        """(accepted → peer, peer → accepted), once the connect completed; the pipes are
+        made only then."""
 
     def connect(self, target: tuple[str, int]) -> None:
         """Start the non-blocking connect; the peer's first writable edge completes it."""
@@ -146,12 +170,14 @@ class _Pair:
         self.table.hub.add_fd(self.peer.fileno(), _EVENTS, self._peer_ready)
 
     def _peer_ready(self, mask: int) -> None:
-        if self.directions:
-            self._ready(mask)
+        if self.directions is not None:
+            up, down = self.directions
+            self._ready(mask, down, up)
         elif mask & _CONNECTED:
-            self._connected()
+            self._connected(mask)
 
-    def _connected(self) -> None:
+    def _connected(self, mask: int) -> None:
+        """The connect finished (``mask``: the peer's event that said so)."""
         err = self.peer.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             log.debug("spliced connect to %s failed: %s", self.peer, os.strerror(err))
@@ -162,26 +188,47 @@ class _Pair:
         except OSError:
             return  # a stale event for an earlier socket of this fd number: still connecting
         try:
-            self.directions = (_Direction(self.accepted, self.peer),
-                               _Direction(self.peer, self.accepted))
+            up = _Direction(self.accepted, self.peer)
         except OSError as exc:
             log.warning("cannot splice a connection: %s", exc.strerror)
             self.abort()
             return
-        self.table.hub.add_fd(self.accepted.fileno(), _EVENTS, self._ready)
-        self._ready(0)
+        try:
+            self.directions = (up, _Direction(self.peer, self.accepted))
+        except OSError as exc:
+            up.close()
+            log.warning("cannot splice a connection: %s", exc.strerror)
+            self.abort()
+            return
+        up, down = self.directions
+        # Registering reports what is pending on it already: the client's first bytes.
+        self.table.hub.add_fd(self.accepted.fileno(), _EVENTS,
+                              lambda events: self._ready(events, up, down))
+        self._ready(mask, down, up)
 
-    def _ready(self, mask: int) -> None:
+    def _ready(self, mask: int, reading: _Direction, writing: _Direction) -> None:
+        """An event on the socket ``reading`` reads from and ``writing`` writes to.
+
+        Readable: pump what it sent. Writable matters only to a direction stopped on
+        it with bytes still in its pipe; every other direction is driven by its own
+        source's events.
+        """
+        if self.directions is None:
+            return  # closed earlier in this pass
         if mask & select.EPOLLERR:
             self.abort()
             return
         try:
-            for direction in self.directions:
-                direction.pump()
+            if mask & _HANGUP:
+                reading.hup = True
+            if mask & _READABLE:
+                reading.pump()
+            if writing.queued:
+                writing.pump()
         except OSError:
             self.abort()
             return
-        if all(direction.shut for direction in self.directions):
+        if reading.shut and writing.shut:
             self.close()
 
     def abort(self) -> None:
@@ -198,9 +245,9 @@ class _Pair:
         for sock in (self.accepted, self.peer):
             hub.remove_fd(sock.fileno())
             sock.close()
-        for direction in self.directions:
+        for direction in self.directions or ():
             direction.close()
-        self.directions = ()
+        self.directions = None
         self.table.forget(self)
 
 
