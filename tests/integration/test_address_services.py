@@ -233,8 +233,11 @@ FQDN_OPTION = (bytes((0x0C, 255, 255)) + b"\x06guest1\x07example\x03org\x00").he
      {"dns": "192.0.2.10 192.0.2.11", "search": "example.test lab.example.test",
       "domain": "example.test", "mtu": "65520"}),
     (["--dns-forward", "169.254.1.1", "--dhcp-dns"], {"dns": "169.254.1.1", "mtu": "65520"}),
+    # the host's loopback resolver (127.0.0.53) is announced at the gateway, which maps
+    # to the host's loopback (as pasta does); the other resolver as it is
     (["--dhcp-dns", "--dhcp-search"],
-     {"dns": "192.0.2.53", "search": "example.org", "domain": "example.org", "mtu": "65520"}),
+     {"dns": "198.51.100.1 192.0.2.53", "search": "example.org", "domain": "example.org",
+      "mtu": "65520"}),
     (["-D", "none", "-S", "none", "--dhcp-dns", "--dhcp-search"], {"mtu": "65520"}),
     (["-D", "192.0.2.10", "-S", "example.test"], {"mtu": "65520"}),
     (["-m", "1500", "-H", "guest1", "--fqdn", "guest1.example.org"],
