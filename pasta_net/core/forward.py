@@ -15,7 +15,8 @@ Where a spliced connection goes (upstream ``fwd_nat_from_host``): a host-loopbac
 of a -t/-u port reaches the namespace through its loopback interface but, by default,
 at the namespace's own address, so that services listening only on the namespace's
 127.0.0.1 are not exposed by accident; ``--host-lo-to-ns-lo`` targets the namespace's
-loopback instead. A rule's explicit target address (``-t 8080:10.0.0.5/80``) wins.
+loopback instead. A rule's explicit target address (``-t 8080:10.0.0.5/80``) wins (the
+shell's part: it is the same for every connection of the rule).
 -T/-U keep the loopback address the client used (``fwd_nat_from_splice``).
 """
 
@@ -24,13 +25,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Set
 
-from pasta_net.core.portspec import IPAddress, PortForward
+from pasta_net.core.portspec import PortForward
 
 __all__ = [
     "LOOPBACK",
     "TCP_LISTEN",
     "UDP_UNCONNECTED",
     "bound_ports",
+    "ip_version",
     "is_loopback",
     "mirrored_ports",
     "spliced_target",
@@ -84,31 +86,28 @@ def mirrored_ports(forwards: Iterable[PortForward], bound: Set[int]) -> dict[int
     return wanted
 
 
-def _ip(addr: str) -> IPAddress:
-    """A socket address as an IP address: scope dropped, IPv4-mapped IPv6 as IPv4."""
-    ip = ipaddress.ip_address(addr.partition("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return ip.ipv4_mapped
-    return ip
+def ip_version(addr: str) -> int:
+    """4 for an IPv4 socket address, IPv4-mapped ones (``::ffff:127.0.0.1``, what a
+    dual-stack listener sees) included; 6 otherwise."""
+    return 4 if "." in addr else 6
 
 
 def is_loopback(addr: str) -> bool:
-    """Whether a peer's socket address (``::ffff:127.0.0.1`` included) is a loopback one."""
-    return _ip(addr).is_loopback
+    """Whether a peer's address, as the kernel formats it (``getpeername``), is loopback.
 
-
-def spliced_target(client: str, to_addr: str | None, ns_addr4: bytes | None,
-                   ns_addr6: bytes | None, ns_loopback: bool) -> str:
-    """The namespace address a spliced -t/-u connection from host-loopback ``client`` goes to.
-
-    The family is the client's (a dual-stack listener sees IPv4 clients as
-    ``::ffff:127.0.0.1``). ``ns_addr4``/``ns_addr6`` are the namespace's own addresses,
-    None where it has none: its loopback is then the only way in.
+    Text prefixes rather than :mod:`ipaddress`: this runs for every accepted connection,
+    and parsing costs more than the splice decision it serves.
     """
-    if to_addr is not None:
-        return to_addr
-    version = _ip(client).version
-    ns_addr = ns_addr4 if version == 4 else ns_addr6
+    return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
+
+
+def spliced_target(version: int, ns_addr: bytes | None, ns_loopback: bool) -> str:
+    """The namespace address a spliced -t/-u connection of IP ``version`` goes to, when
+    its rule names none.
+
+    ``ns_addr`` is the namespace's own address of that version (None when it has none:
+    its loopback is then the only way in).
+    """
     if ns_loopback or ns_addr is None:
         return LOOPBACK[version]
     return str(ipaddress.ip_address(ns_addr))

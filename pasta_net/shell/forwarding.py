@@ -52,6 +52,7 @@ from pasta_net.core.forward import (
     TCP_LISTEN,
     UDP_UNCONNECTED,
     bound_ports,
+    ip_version,
     is_loopback,
     mirrored_ports,
     spliced_target,
@@ -155,6 +156,10 @@ class Forwarding:
         self._want4, self._want6 = not options.ipv6_only, not options.ipv4_only
         self._splice = ns is not None and not options.no_splice
         self.splices = SpliceTable(hub)
+        plan = hub.engine.plan
+        self._ns_targets = {version: spliced_target(version, addr, options.host_lo_to_ns_lo)
+                            for version, addr in ((4, plan.addr4), (6, plan.addr6))}
+        """Where spliced -t/-u clients of each IP version go in the namespace."""
         self._entries: dict[str, list[_Entry]] = {name: [] for name in _KINDS}
         self._mirrors: dict[str, dict[int, list[Listener]]] = {name: {} for name in _KINDS}
         self._relays: dict[int, dict[str, UdpRelay]] = {}
@@ -331,9 +336,7 @@ class Forwarding:
         self.splices.splice(conn, (target, listener.ns_port), host_socket)
 
     def _ns_target(self, listener: Listener, client: tuple[str, int]) -> str:
-        plan = self.hub.engine.plan
-        return spliced_target(client[0], listener.to_addr, plan.addr4, plan.addr6,
-                              self.options.host_lo_to_ns_lo)
+        return listener.to_addr or self._ns_targets[ip_version(client[0])]
 
     def _inbound_divert(self, listener: Listener) -> Divert:
         """-u: loopback clients to the relay; others to the tap, or nowhere (splice-only)."""
