@@ -57,6 +57,7 @@ from pasta_net.core.forward import (
     mirrored_ports,
     spliced_target,
 )
+from pasta_net.core.plan import AddressPlan
 from pasta_net.core.portspec import EPHEMERAL_PORTS, PortForward, PortMode, PortRange, PortSpec
 from pasta_net.core.portspec import parse_port_spec as parse_spec
 from pasta_net.netns import NetnsThread
@@ -156,10 +157,9 @@ class Forwarding:
         self._want4, self._want6 = not options.ipv6_only, not options.ipv4_only
         self._splice = ns is not None and not options.no_splice
         self.splices = SpliceTable(hub)
-        plan = hub.engine.plan
-        self._ns_targets = {version: spliced_target(version, addr, options.host_lo_to_ns_lo)
-                            for version, addr in ((4, plan.addr4), (6, plan.addr6))}
-        """Where spliced -t/-u clients of each IP version go in the namespace."""
+        self._ns_targets: tuple[AddressPlan, dict[int, str]] | None = None
+        """Where spliced -t/-u clients of each IP version go in the namespace, and the
+        address plan that says so (--follow-host may replace it)."""
         self._entries: dict[str, list[_Entry]] = {name: [] for name in _KINDS}
         self._mirrors: dict[str, dict[int, list[Listener]]] = {name: {} for name in _KINDS}
         self._relays: dict[int, dict[str, UdpRelay]] = {}
@@ -336,7 +336,14 @@ class Forwarding:
         self.splices.splice(conn, (target, listener.ns_port), host_socket)
 
     def _ns_target(self, listener: Listener, client: tuple[str, int]) -> str:
-        return listener.to_addr or self._ns_targets[ip_version(client[0])]
+        if listener.to_addr is not None:
+            return listener.to_addr
+        plan = self.hub.engine.plan
+        if self._ns_targets is None or self._ns_targets[0] is not plan:
+            ns_lo = self.options.host_lo_to_ns_lo
+            self._ns_targets = plan, {version: spliced_target(version, addr, ns_lo)
+                                      for version, addr in ((4, plan.addr4), (6, plan.addr6))}
+        return self._ns_targets[1][ip_version(client[0])]
 
     def _inbound_divert(self, listener: Listener) -> Divert:
         """-u: loopback clients to the relay; others to the tap, or nowhere (splice-only)."""
