@@ -287,7 +287,10 @@ class Forwarding:
         try:
             while True:
                 await trio.sleep(SCAN_INTERVAL)
-                self.scan()
+                try:
+                    self.scan()
+                except OSError as exc:  # /proc unreadable: auto pauses, the rest goes on
+                    log.warning("auto forwarding: cannot scan ports: %s", exc)
                 now = self.hub.now()
                 for relays in self._relays.values():
                     for relay in relays.values():

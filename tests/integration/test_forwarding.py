@@ -319,6 +319,22 @@ def test_bind_conflict_is_an_error_with_pasta_wording(pasta_net, container) -> N
     assert not any(a.ifname != "lo" for a in container.addresses()), "nothing left behind"
 
 
+def test_exclusions_only_spec_skips_taken_ports_unless_none_is_left(pasta_net,
+                                                                   container) -> None:
+    """``-t ~1-8799,~8802-65535`` means "all other ports" (8800 and 8801), best effort:
+    a taken one is skipped; with both taken, nothing can be forwarded and that is fatal."""
+    spec = f"~1-{PORT - 1},~{PORT + 2}-65535"
+    with (socket_in(None, socket.AF_INET6, socket.SOCK_STREAM, ("::", PORT)),
+          socket_in(None, socket.AF_INET6, socket.SOCK_STREAM, ("::", PORT + 1))):
+        result = pasta_net.run_cli(["--config-net", "--netns", str(container.path),
+                                    *NONE[2:], "-t", spec])
+    assert result.returncode == 1
+    assert f"Failed to bind any port for option '-t {spec}', exiting" in result.stderr
+    with socket_in(None, socket.AF_INET6, socket.SOCK_STREAM, ("::", PORT)):
+        start(pasta_net, container, "-t", spec)
+        assert peer_seen(container, PORT + 1, ("127.0.0.1", PORT + 1)) == HOST_V4
+
+
 def test_sigterm_closes_listeners_and_spliced_connections(pasta_net, container) -> None:
     running = start(pasta_net, container, "-t", str(PORT), "-T", str(PORT + 1))
     client, server = spliced_pair(container, PORT)
