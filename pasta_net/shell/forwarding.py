@@ -103,6 +103,8 @@ class _Entry:
     spec: PortSpec
     listeners: list[Listener]
     auto: tuple[PortForward, ...]
+    fixed_ports: frozenset[int]
+    """Listening ports of its other rules (bound or, for a weak rule, tried)."""
 
 
 class _ProcNet:
@@ -217,7 +219,8 @@ class Forwarding:
         kind = _KINDS[name]
         listeners = bind_forwards(self.hub, [spec], kind, name, self._want4, self._want6,
                                   self._bindings[name])
-        entry = _Entry(spec, listeners, tuple(f for f in spec.forwards if f.auto))
+        entry = _Entry(spec, listeners, tuple(f for f in spec.forwards if f.auto),
+                       frozenset(p for f in spec.forwards if not f.auto for p in f.ports()))
         self._entries[name].append(entry)
         return lambda: self._unbind(name, entry)
 
@@ -261,7 +264,7 @@ class Forwarding:
                 continue
             ports.update(self._mirrors[name])
             for entry in self._entries[name]:
-                ports.update(p for f in entry.spec.forwards if not f.auto for p in f.ports())
+                ports |= entry.fixed_ports
         return ports
 
     def _sync(self, name: str, bound: set[int]) -> None:
@@ -361,10 +364,11 @@ class Forwarding:
         return divert
 
     def _outbound_divert(self, listener: Listener) -> Divert:
-        """-U: every datagram to the host's loopback address the client used."""
+        """-U: every datagram to the host's loopback address the client used (the one the
+        listener is bound to)."""
+        target = listener.to_addr or listener.sock.getsockname()[0]
 
         def divert(data: bytes, client: tuple[str, int]) -> bool:
-            target = listener.to_addr or listener.sock.getsockname()[0]
             self._relay(listener, target, host_socket, _same_source).forward(data, client)
             return True
 
