@@ -7,7 +7,7 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -15,36 +15,13 @@ import trio
 from pasta_net.shell import splice
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.splice import SpliceTable, host_socket
-from tests.core.wire import engine
-
-
-class NoTap:
-    """A frame device that never has frames: the hub serves sockets only."""
-
-    def __init__(self) -> None:
-        self.fd, self._write_end = os.pipe()
-
-    def read_batch(self) -> list[memoryview]:
-        return []
-
-    def write_batch(self, _frames: object) -> None:
-        pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-        os.close(self._write_end)
 
 
 @pytest.fixture
-async def table(nursery: trio.Nursery) -> AsyncIterator[SpliceTable]:
-    tap = NoTap()
-    hub = Hub(engine(), tap)  # type: ignore[arg-type]
-    await nursery.start(hub.run)
+def table(hub: Hub) -> Iterator[SpliceTable]:
     table = SpliceTable(hub)
     yield table
     table.close()
-    nursery.cancel_scope.cancel()
-    tap.close()
 
 
 async def spliced(table: SpliceTable, family: int = socket.AF_INET
