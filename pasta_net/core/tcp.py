@@ -40,7 +40,17 @@ connections are never sacrificed. A SYN must name unicast addresses that are not
 loopback and non-zero ports (as passt); anything else is dropped with a counter, so
 no frame can open a socket to the host's own loopback services. A reset is accepted
 only with a sequence number inside the window (RFC 9293 §3.10.7.4, RFC 5961 §3):
-one with an absurd sequence number cannot end a connection.
+one with an absurd sequence number cannot end a connection. Data beyond the furthest
+right edge we ever advertised is cut off (RFC 9293 §3.10.7.4 again): a namespace that
+ignores our window cannot make us hold more than we offered.
+
+Our SYN towards the namespace (``-t``) is sent again after :data:`SYN_RTO`, doubling,
+until :data:`SYN_TIMEOUT`. If the namespace answers it with a bare ACK (its port still
+holds the previous connection in TIME_WAIT, and our SYN looked old to it), we reset
+that with the sequence number it acknowledged (RFC 9293 §3.10.7.3), which ends the
+TIME_WAIT, and the next SYN gets through. Initial sequence numbers follow RFC 6528 (a
+4 µs clock plus a keyed hash of the four-tuple), so a new connection on a reused
+four-tuple starts above the old one, as TIME_WAIT expects.
 
 Timers (one per connection, :class:`Timers` key ``("tcp", flow)``): handshake
 :data:`SYN_TIMEOUT`; retransmission of unacknowledged data from :data:`RTO_INITIAL`,
@@ -50,6 +60,7 @@ doubling up to :data:`RTO_MAX`, reset after :data:`MAX_RETRIES`; zero-window pro
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import struct
@@ -82,6 +93,8 @@ MAX_CONNECTIONS = 1 << 17
 MAX_HALF_OPEN = 1024
 """Connections whose handshake is not complete (the kernel's own SYN backlog default)."""
 SYN_TIMEOUT = 10.0
+SYN_RTO = 1.0
+"""First retransmission of our SYN to the namespace (RFC 6298 §2.1)."""
 RTO_INITIAL = 0.2
 RTO_MAX = 8.0
 MAX_RETRIES = 10
@@ -132,6 +145,9 @@ class TcpConn:
     """Free send space of the host socket at the last report."""
     last_ack_sent: int = -1
     last_wnd_sent: int = -1
+    rcv_edge: int = -1
+    """The furthest sequence number a window we advertised let the namespace reach
+    (-1 before the first): data beyond it was never invited, and is not taken."""
     syn_ack_seq: int = -1
     more_to_read: bool = False
     """The last peek was cut short by the namespace's window, not by an empty socket."""
@@ -159,6 +175,7 @@ class TcpTable:
         self._by_flow: dict[int, TcpConn] = {}
         self._half_open: dict[int, TcpConn] = {}
         """Connections whose handshake is not complete, oldest first (insertion order)."""
+        self._isn_key = random.getrandbits(128).to_bytes(16, "big")
         self.pool = [bytearray(65536 + 128) for _ in range(_POOL_SIZE)]
         self._pool_next = 0
         self._pending: list[tuple[memoryview, int]] = []
@@ -194,6 +211,9 @@ class TcpTable:
                 continue
             if seg.flags & SYN:
                 must_ack |= self._syn_in_connection(conn, seg, now, actions)
+                continue
+            if conn.inbound and not conn.established:
+                self._reset_stray_ack(conn, seg, actions)
                 continue
             if seg.flags & ACK:
                 want_read |= self._ack(conn, seg, now, actions)
@@ -263,17 +283,33 @@ class TcpTable:
             return False
         if conn.inbound and not conn.established and seg.flags & ACK:
             if seg.ack != conn.seq_to_ns:
+                self._reset_stray_ack(conn, seg, actions)
                 return False
             self._learn_syn(conn, seg)
             conn.seq_from_ns = (seg.seq + 1) % _MOD
             conn.seq_acked_by_ns = seg.ack
             conn.established = True
             self._half_open.pop(conn.flow, None)
+            conn.rto = RTO_INITIAL
             conn.last_progress = now
             self._schedule(conn, now + IDLE_TIMEOUT)
             actions.append(TcpRead(conn.flow))
             return True
         return False
+
+    def _reset_stray_ack(self, conn: TcpConn, seg: Segment, actions: list[Action]) -> None:
+        """Our SYN is unanswered and the namespace acknowledges something else: most
+        likely a TIME_WAIT socket on the same four-tuple. Reset what it acknowledged
+        (RFC 9293 §3.10.7.3); our SYN goes again at its next retransmission."""
+        if seg.flags & ACK:
+            self.engine.drop("tcp-stray-ack", f"flow {conn.flow} before the handshake")
+            actions.append(SendFrames([self._frame(conn.template, seg.ack, 0, RST)]))
+
+    def _isn(self, conn: TcpConn, now: float) -> int:
+        """RFC 6528: a 4 µs clock plus a keyed hash of the four-tuple."""
+        tuple_ = conn.ns_addr + conn.peer + struct.pack("!HH", conn.ns_port, conn.peer_port)
+        offset = hashlib.blake2s(tuple_, key=self._isn_key, digest_size=4).digest()
+        return (int(now * 250_000) + int.from_bytes(offset, "big")) % _MOD
 
     def _make_room(self, now: float, actions: list[Action]) -> bool:
         """Whether a new connection fits, evicting the oldest half-open one if needed."""
@@ -358,17 +394,22 @@ class TcpTable:
             data = data[offset:] if offset < len(data) else data[len(data) :]
         if conn.ns_fin:
             return bool(data)
+        room = seq_sub(conn.rcv_edge, conn.seq_from_ns) if conn.rcv_edge >= 0 else len(data)
+        beyond = len(data) > room
+        if beyond:  # a FIN after the data is beyond too
+            self.engine.drop("tcp-beyond-window", f"flow {conn.flow}")
+            data = data[: max(room, 0)]
         if data:
             if len(conn.tail) + len(data) > MAX_TAIL:
                 self.engine.drop("tcp-window-overrun", f"flow {conn.flow}")
                 return True
             payloads.append(data)
             conn.seq_from_ns = (conn.seq_from_ns + len(data)) % _MOD
-        if seg.flags & FIN:
+        if seg.flags & FIN and not beyond:
             conn.ns_fin = True
             conn.seq_from_ns = (conn.seq_from_ns + 1) % _MOD
             return True
-        return False
+        return beyond
 
     def _hold(self, conn: TcpConn, payloads: list[memoryview]) -> None:
         for data in payloads:
@@ -454,7 +495,7 @@ class TcpTable:
         conn.free = free
         conn.established = True
         self._half_open.pop(flow, None)
-        isn = random.getrandbits(32)
+        isn = self._isn(conn, now)
         # Our SYN counts as acknowledged from the start: a lost SYN-ACK shows up as a
         # retransmitted SYN, answered in _syn_in_connection.
         conn.seq_acked_by_ns = conn.seq_to_ns = conn.syn_ack_seq = (isn + 1) % _MOD
@@ -464,12 +505,14 @@ class TcpTable:
         return [SendFrames([self._syn_ack(conn)])]
 
     def _syn_ack(self, conn: TcpConn) -> bytes:
+        window = min(self._window_bytes(conn), 0xFFFF)  # never scaled in a SYN
+        self._advertise(conn, conn.seq_from_ns, window)
         return self._frame(
             conn.template,
             (conn.syn_ack_seq - 1) % _MOD,
             conn.seq_from_ns,
             SYN | ACK,
-            min(self._window_bytes(conn), 0xFFFF),
+            window,
             self._syn_options(conn),
         )
 
@@ -510,15 +553,20 @@ class TcpTable:
             return actions
         conn = self._new_conn(flow, ns_addr, ns_port, peer, client[1])
         conn.inbound = True
-        isn = random.getrandbits(32)
+        isn = self._isn(conn, now)
         conn.seq_acked_by_ns = isn
         conn.seq_to_ns = (isn + 1) % _MOD
         conn.ws_to_ns = OUR_WSCALE
+        conn.last_progress = now
+        conn.rto = SYN_RTO
         self._add(conn)
-        self._schedule(conn, now + SYN_TIMEOUT)
-        frame = self._frame(conn.template, isn, 0, SYN, 0xFFFF, self._syn_options(conn))
-        actions.append(SendFrames([frame]))
+        self._schedule(conn, now + SYN_RTO)
+        actions.append(SendFrames([self._syn(conn)]))
         return actions
+
+    def _syn(self, conn: TcpConn) -> bytes:
+        return self._frame(conn.template, conn.seq_acked_by_ns, 0, SYN, 0xFFFF,
+                           self._syn_options(conn))
 
     # --------------------------------------------------- host → namespace data --
     def read_slots(self, flow: int) -> list[memoryview]:
@@ -570,6 +618,7 @@ class TcpTable:
             conn.seq_to_ns = (conn.seq_to_ns + n) % _MOD
         conn.last_ack_sent = ack
         conn.last_wnd_sent = window
+        self._advertise(conn, ack, window << conn.ws_to_ns)
         self._arm(conn, now)
         return [SendFrames(frames)]
 
@@ -591,7 +640,7 @@ class TcpTable:
             conn.seq_to_ns,
             self._ack_value(conn),
             FIN | ACK,
-            self._window_field(conn),
+            self._scaled_window(conn),
         )
         conn.seq_to_ns = (conn.seq_to_ns + 1) % _MOD
         conn.fin_sent = True
@@ -604,6 +653,11 @@ class TcpTable:
         if conn is None:
             return
         if not conn.established:
+            if conn.inbound and now - conn.last_progress < SYN_TIMEOUT:
+                actions.append(SendFrames([self._syn(conn)]))
+                conn.rto *= 2
+                self._schedule(conn, min(now + conn.rto, conn.last_progress + SYN_TIMEOUT))
+                return
             log.debug("tcp flow %d: handshake timed out", flow)
             self.failed(flow, 0, now, actions)
             return
@@ -658,7 +712,7 @@ class TcpTable:
             (conn.seq_to_ns - 1) % _MOD,
             self._ack_value(conn),
             ACK,
-            self._window_field(conn),
+            self._scaled_window(conn),
         )
         actions.append(SendFrames([frame]))
 
@@ -682,6 +736,19 @@ class TcpTable:
     def _window_field(self, conn: TcpConn) -> int:
         return min(self._window_bytes(conn) >> conn.ws_to_ns, 0xFFFF)
 
+    def _scaled_window(self, conn: TcpConn) -> int:
+        """The window field for a frame sent now, its right edge noted."""
+        window = self._window_field(conn)
+        self._advertise(conn, self._ack_value(conn), window << conn.ws_to_ns)
+        return window
+
+    @staticmethod
+    def _advertise(conn: TcpConn, ack: int, window: int) -> None:
+        """Note the right edge of a window of ``window`` bytes from ``ack`` that we send."""
+        edge = (ack + window) % _MOD
+        if conn.rcv_edge < 0 or seq_sub(edge, conn.rcv_edge) > 0:
+            conn.rcv_edge = edge
+
     def _send_ack(self, conn: TcpConn, actions: list[Action], force: bool = False) -> None:
         ack = self._ack_value(conn)
         window = self._window_field(conn)
@@ -689,6 +756,7 @@ class TcpTable:
             return
         conn.last_ack_sent = ack
         conn.last_wnd_sent = window
+        self._advertise(conn, ack, window << conn.ws_to_ns)
         actions.append(SendFrames([self._frame(conn.template, conn.seq_to_ns, ack, ACK, window)]))
 
     def _shutdown(self, conn: TcpConn, actions: list[Action]) -> None:

@@ -194,3 +194,70 @@ def test_udp_table_full_refuses_new_flows_and_keeps_old_ones(monkeypatch) -> Non
     assert eng.drops["udp-table-full"] == 1
     [send] = eng.receive_frames([_udp(sport=1)], now=0.0)
     assert isinstance(send, SendDatagram)
+
+
+def test_data_beyond_the_window_we_advertised_is_not_taken() -> None:
+    """A namespace that ignores our window cannot make us hold more than we offered:
+    the SYN-ACK offered 65,535 bytes (unscaled), so 2 x 40,000 are cut at that edge."""
+    pb = Playbook()
+    edge = pb.synack[TCP].window
+    frames = [seg("PA", pb.seq + offset, pb.ack, b"x" * 40_000) for offset in (0, 40_000)]
+    [send] = [a for a in pb.eng.receive_frames(frames, now=1.0) if isinstance(a, TcpSend)]
+    assert sum(map(len, send.payloads)) == edge
+    assert pb.eng.drops["tcp-beyond-window"] == 1
+    [ack] = frames_of(pb.eng.tcp.sent(pb.flow, send.payloads, edge, free=1 << 20, now=1.0))
+    assert ack[TCP].ack == CLIENT_ISN + 1 + edge  # the sender resends the rest
+    pb.seq = ack[TCP].ack
+    [send] = [a for a in pb.send("PA", b"y" * 1000) if isinstance(a, TcpSend)]
+    assert sum(map(len, send.payloads)) == 1000  # within the window we announced since
+
+
+# --- found by the soak: inbound connections on a reused four-tuple ----------------------
+CLIENT = ("192.0.2.50", 51000)
+
+
+def _from_ns(flags: str, seq: int, ack: int):
+    return wire(Ether(src=NS_MAC, dst=OUR_MAC) / IP(src=NS4, dst=CLIENT[0])
+                / TCP(sport=8080, dport=CLIENT[1], flags=flags, seq=seq, ack=ack,
+                      window=60000))
+
+
+def test_our_syn_is_sent_again_until_the_handshake_times_out() -> None:
+    eng = engine()
+    [syn] = frames_of(eng.tcp.accepted(7, CLIENT, 8080, now=0.0))
+    resent = []
+    for now in (1.0, 3.0, 7.0):
+        assert eng.next_deadline() == now
+        [again] = frames_of(eng.handle_deadline(now))
+        resent.append(again)
+    assert all(bytes(a[TCP]) == bytes(syn[TCP]) for a in resent)
+    assert eng.next_deadline() == 10.0
+    assert CloseSocket(7, reset=True) in eng.handle_deadline(10.0)
+
+
+def test_a_time_wait_ack_to_our_syn_is_reset_and_the_next_syn_connects() -> None:
+    """The namespace's port still holds the last connection in TIME_WAIT and answers our
+    SYN with an ACK of that one: we reset it (exactly at what it acknowledges, which is
+    what ends a TIME_WAIT), send the SYN again, and the handshake completes."""
+    eng = engine()
+    [syn] = frames_of(eng.tcp.accepted(7, CLIENT, 8080, now=0.0))
+    [rst] = frames_of(eng.receive_frames([_from_ns("A", 900, 4242)], now=0.1))
+    assert rst[TCP].flags == "R" and rst[TCP].seq == 4242
+    [again] = frames_of(eng.handle_deadline(1.0))
+    assert again[TCP].flags == "S" and again[TCP].seq == syn[TCP].seq
+    actions = eng.receive_frames([_from_ns("SA", 5000, syn[TCP].seq + 1)], now=1.1)
+    [ack] = frames_of(actions)
+    assert ack[TCP].flags == "A" and ack[TCP].ack == 5001
+    assert eng.tcp._by_flow[7].established
+
+
+def test_initial_sequence_numbers_of_one_four_tuple_grow_with_the_clock() -> None:
+    """RFC 6528: a new connection starts above the last one of the same four-tuple, so
+    the namespace's TIME_WAIT takes it as new instead of answering with an old ACK."""
+    eng = engine()
+    [first] = frames_of(eng.tcp.accepted(7, CLIENT, 8080, now=100.0))
+    eng.tcp.failed(7, 0, 100.0, [])
+    [second] = frames_of(eng.tcp.accepted(8, CLIENT, 8080, now=101.0))
+    assert (second[TCP].seq - first[TCP].seq) % (1 << 32) == 250_000
+    [other] = frames_of(eng.tcp.accepted(9, (CLIENT[0], 51001), 8080, now=101.0))
+    assert other[TCP].seq != second[TCP].seq

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import struct
 import sys
@@ -340,3 +341,19 @@ def test_no_frame_reaches_the_hosts_loopback_services(target: Target, loopback_s
         with pytest.raises(BlockingIOError):
             sock.accept() if sock.type == socket.SOCK_STREAM else sock.recv(100)
     target.transfer_still_works()
+
+
+def test_stats_lines_in_the_log_count_drops_by_reason(pasta_net: sandbox.ProgramRunner,
+                                                      container: sandbox.Container) -> None:
+    """``--stats 1``: a line a second while counters move — flows, bytes each way,
+    drops by reason — so a flood shows in the log without a control socket."""
+    running = pasta_net.start([*START, "--stats", "1"], foreground=True)
+    container.wait_for_address(HOST_V6)
+    target = Target(container, running, Path("/nonexistent"), pasta_net,
+                    _link_mac(container, IFNAME), _link_mac(None, IFNAME))
+    fragment = target.eth() / IP(src=HOST_V4, dst=REMOTE_V4, flags="MF") / UDP() / b"x"
+    arrived = target.delivered(target.inject([fragment] * 3))
+    sandbox.wait_until(lambda: f"fragment {arrived}" in running.stderr, 10, "a stats line")
+    line = next(line for line in running.stderr.splitlines() if f"fragment {arrived}" in line)
+    assert re.search(r"stats: flows: tcp \d+ udp \d+ icmp \d+; from ns: \d+ frames \d+ bytes; "
+                     r"to ns: \d+ frames \d+ bytes; drops: .*fragment", line), line
