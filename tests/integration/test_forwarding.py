@@ -176,8 +176,8 @@ def test_reset_travels_both_ways(pasta_net, container) -> None:
 
 def test_refused_in_the_namespace_is_a_reset_on_the_host(pasta_net, container) -> None:
     start(pasta_net, container, "-t", str(PORT))
-    with (socket.create_connection(("127.0.0.1", PORT), timeout=5) as client,
-          pytest.raises(ConnectionResetError)):
+    with (pytest.raises(ConnectionResetError),  # at once, or on the first read
+          socket.create_connection(("127.0.0.1", PORT), timeout=5) as client):
         client.recv(10)
 
 
