@@ -507,6 +507,9 @@ class TcpTable:
     def _syn_ack(self, conn: TcpConn) -> bytes:
         window = min(self._window_bytes(conn), 0xFFFF)  # never scaled in a SYN
         self._advertise(conn, conn.seq_from_ns, window)
+        # In later segments' units, so that the first writable edge does not look like
+        # a window that opened from nothing (it cost one useless ACK per connection).
+        conn.last_wnd_sent = window >> conn.ws_to_ns
         return self._frame(
             conn.template,
             (conn.syn_ack_seq - 1) % _MOD,
