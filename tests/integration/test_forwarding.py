@@ -305,12 +305,15 @@ def test_auto_range_limits_the_mirrored_ports(pasta_net, container) -> None:
 
 
 def test_auto_skips_ports_taken_on_the_host_quietly(pasta_net, container) -> None:
+    """In the foreground, where stderr stays open: not a word about the taken port."""
     with socket_in(None, socket.AF_INET6, socket.SOCK_STREAM, ("::", PORT)):
-        running = start(pasta_net, container, "-t", "auto")
+        running = pasta_net.start(["--config-net", *NONE[2:], "-t", "auto"], foreground=True)
+        container.wait_for_address(HOST_V6)
         serve(container, PORT, "source")
         serve(container, PORT + 1, "source")
         sandbox.wait_until(lambda: host_listening("tcp", PORT + 1), AUTO_DEADLINE, "mirror")
-    assert "8800" not in running.stderr
+        time.sleep(1.5)  # one more scan trying PORT again
+    assert str(PORT) not in running.stderr, running.stderr
 
 
 # ------------------------------------------------------ errors and exit --
