@@ -1,10 +1,10 @@
 """Listening sockets of the forwards: ``-t``/``-u`` on the host, ``-T``/``-U`` in the namespace.
 
-One socket per port and family, as pasta: a listener bound to the wildcard address
-exists once for IPv4 (0.0.0.0) and once for IPv6 (::, ``IPV6_V6ONLY``), so that the
-client's real address reaches the namespace in its own family. Accepted TCP sockets are
-handed to the hub and announced to the engine, which opens the connection towards the
-namespace with the client as source (the tap path keeps the source address).
+One socket per forwarded port: with both families and no address, a dual-stack one
+(``::``, ``IPV6_V6ONLY`` off), where IPv4 clients arrive as ``::ffff:a.b.c.d`` and keep
+their address in their own family. Accepted TCP sockets are handed to the hub and
+announced to the engine, which opens the connection towards the namespace with the
+client as source (the tap path keeps the source address).
 
 Every bind happens before we report "ready": a port that cannot be bound is a start-up
 error with pasta's wording (``Failed to bind port 8000 (Address already in use) for
