@@ -9,7 +9,8 @@ every 100 datagrams) and pings the remote; inbound, the remote runs the same wor
 against servers in the container through ``-t``/``-u`` forwards. UDP flows expire after
 10 s (PASTA_NET_UDP_TIMEOUT), so sockets are opened and closed all along. The report
 (printed, and returned in the assertion message on failure) gives start, peak and end
-figures; "flat" means the end, once every flow is gone, is back at the start.
+figures; "flat" means the end, once every flow is gone (the ping flow after 60 s), is
+back at the start: the same fd count, RSS within a few MiB of the start.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import sandbox
 import servers
 from sandbox import HOST_V4, HOST_V6, REMOTE_V4
 
+from pasta_net.core.icmp import ECHO_TIMEOUT
+
 DURATION = float(os.environ.get("PASTA_NET_SOAK_SECONDS") or 0)
 WORKLOAD = str(Path(__file__).with_name("workload.py"))
 SAMPLE_EVERY = 30.0
@@ -35,6 +38,12 @@ PORTS = f"{servers.ECHO_PORT},{servers.SINK_PORT},{servers.SOURCE_PORT}"
 
 pytestmark = pytest.mark.skipif(
     not DURATION, reason="run by hand: PASTA_NET_SOAK_SECONDS=600 pytest tests/soak -s")
+
+
+def open_files(pid: int) -> list[str]:
+    """What the daemon's fds point at (socket:[inode], pipe:[inode], paths)."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sorted(os.readlink(fd) for fd in fds.iterdir())
 
 
 def sample(pid: int) -> dict[str, int]:
@@ -55,6 +64,7 @@ def test_soak(pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
                        10, "container servers")
     time.sleep(1)
     samples = [sample(running.pid)]
+    files = open_files(running.pid)
     env = {**os.environ, "PYTHONPATH": str(Path(servers.__file__).parent)}
     outbound = container.popen([sys.executable, WORKLOAD, REMOTE_V4, str(DURATION), "1"],
                                stdout=subprocess.PIPE, env=env)
@@ -69,18 +79,19 @@ def test_soak(pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
     results = [json.loads(p.communicate(timeout=DURATION + 300)[0].decode().splitlines()[-1])
                for p in (outbound, inbound)]
     ping_out = ping.communicate(timeout=60)[0].decode()
-    time.sleep(UDP_TIMEOUT + 5)  # every UDP flow expires, every TCP connection is closed
+    time.sleep(max(UDP_TIMEOUT, ECHO_TIMEOUT) + 5)  # every flow has expired or closed
     end = sample(running.pid)
     report = {
         "seconds": DURATION, "outbound": results[0], "inbound": results[1],
         "ping": re.search(r"(\d+) packets transmitted, (\d+) received", ping_out).group(0),
         "start": samples[0], "peak": {k: max(s[k] for s in samples) for k in samples[0]},
         "end_of_load": samples[-1], "end_idle": end,
+        "fds_new_at_end": sorted(set(open_files(running.pid)) - set(files)),
     }
     print(json.dumps(report, indent=2))
     for result in results:
         assert not result.get("failures"), report
         assert result["tcp_up_bytes"] and result["tcp_down_bytes"], report
         assert result["short_connections"] and result["udp_datagrams"], report
-    assert end["fds"] <= samples[0]["fds"] + 2, report
+    assert end["fds"] == samples[0]["fds"], report
     assert end["rss_kib"] - samples[0]["rss_kib"] < 64 << 10, report
