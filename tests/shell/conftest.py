@@ -1,13 +1,15 @@
-"""Fixtures of the shell tests."""
+"""Fixtures of the shell tests: a namespace to attach to, and a hub without a tap."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
 
+from pasta_net import netns
 from pasta_net.shell.hub import Hub
 from tests.core.wire import engine
 
@@ -38,3 +40,28 @@ async def hub(nursery: trio.Nursery) -> AsyncIterator[Hub]:
     yield hub
     nursery.cancel_scope.cancel()
     tap.close()
+
+
+@pytest.fixture
+def holder() -> Iterator[subprocess.Popen[str]]:
+    """A process alone in a new user+net namespace; killed afterwards."""
+    proc = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo ready; exec sleep 60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def target(holder: subprocess.Popen[str]) -> Iterator[netns.Target]:
+    target = netns.resolve_target(holder.pid, None, None, False)
+    yield target
+    target.close()

@@ -25,32 +25,6 @@ def ip(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
 
 
-@pytest.fixture
-def holder() -> Iterator[int]:
-    """PID of a process alone in a new user+net namespace; killed afterwards."""
-    proc = subprocess.Popen(
-        ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo ready; exec sleep 60"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-        ours = os.stat("/proc/self/ns/net").st_ino
-        assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
-def target(holder: int) -> Iterator[netns.Target]:
-    target = netns.resolve_target(holder, None, None, False)
-    yield target
-    target.close()
-
-
 def ns_run(pid: int, command: str) -> str:
     return subprocess.run(
         [NSENTER, "-t", str(pid), "-n", *command.split()],
@@ -69,7 +43,7 @@ def tap(target: netns.Target) -> Iterator[Tap]:
 
 
 @pytest.fixture
-def fake_host(holder: int, target: netns.Target) -> Iterator[int]:
+def fake_host(holder: subprocess.Popen[str], target: netns.Target) -> Iterator[int]:
     """The holder namespace dressed as the sandbox host: ``up0`` with addresses and routes."""
     with netns.in_netns(target):
         up0 = open_tap("up0")
@@ -82,8 +56,8 @@ def fake_host(holder: int, target: netns.Target) -> Iterator[int]:
             "ip route add default via 198.51.100.1 dev up0",
             "ip -6 route add default via fe80::1 dev up0",
         ):
-            ns_run(holder, command)
-        yield holder
+            ns_run(holder.pid, command)
+        yield holder.pid
     finally:
         os.close(up0.fd)
 
@@ -118,7 +92,9 @@ def test_read_host_ipv4_only_by_name(fake_host: int, target: netns.Target) -> No
     )
 
 
-def test_read_host_multipath_takes_the_first_nexthop(holder: int, target: netns.Target) -> None:
+def test_read_host_multipath_takes_the_first_nexthop(
+    holder: subprocess.Popen[str], target: netns.Target
+) -> None:
     with netns.in_netns(target):
         taps = [open_tap("up0"), open_tap("up1")]
     try:
@@ -129,7 +105,7 @@ def test_read_host_multipath_takes_the_first_nexthop(holder: int, target: netns.
             "ip addr add 192.0.2.2/24 dev up1",
             "ip route add default nexthop via 198.51.100.1 dev up0 nexthop via 192.0.2.1 dev up1",
         ):
-            ns_run(holder, command)
+            ns_run(holder.pid, command)
         with netns.in_netns(target):
             host = read_host(None, want4=True, want6=False)
         assert (host.ifname, host.gw4) == ("up0", ip("198.51.100.1"))
@@ -151,7 +127,7 @@ def test_read_host_unknown_interface(target: netns.Target) -> None:
 # --- configure_namespace ----------------------------------------------------------------
 
 
-def test_configure_namespace(holder: int, target: netns.Target, tap: Tap) -> None:
+def test_configure_namespace(holder: subprocess.Popen[str], target: netns.Target, tap: Tap) -> None:
     with netns.NetnsThread(target) as thread:
         thread.call(
             lambda: configure_namespace(
@@ -166,27 +142,27 @@ def test_configure_namespace(holder: int, target: netns.Target, tap: Tap) -> Non
                 gw6=ip("fe80::1"),
             )
         )
-    link = ns_run(holder, "ip link show pasta0")
+    link = ns_run(holder.pid, "ip link show pasta0")
     assert "state UNKNOWN" in link or ",UP" in link
     assert "mtu 65520" in link
     assert "link/ether 02:aa:bb:cc:dd:ee" in link
-    assert "UP" in ns_run(holder, "ip link show lo")
-    addrs = ns_run(holder, "ip addr show dev pasta0")
+    assert "UP" in ns_run(holder.pid, "ip link show lo")
+    addrs = ns_run(holder.pid, "ip addr show dev pasta0")
     assert "inet 198.51.100.2/24" in addrs
     assert "inet6 2001:db8:1::2/64" in addrs
     assert "tentative" not in addrs
-    assert "default via 198.51.100.1 dev pasta0" in ns_run(holder, "ip -4 route")
-    assert "default via fe80::1 dev pasta0" in ns_run(holder, "ip -6 route")
+    assert "default via 198.51.100.1 dev pasta0" in ns_run(holder.pid, "ip -4 route")
+    assert "default via fe80::1 dev pasta0" in ns_run(holder.pid, "ip -6 route")
 
 
 def test_gateway_outside_the_prefix_gets_an_onlink_route(
-    holder: int, target: netns.Target, tap: Tap
+    holder: subprocess.Popen[str], target: netns.Target, tap: Tap
 ) -> None:
     with netns.in_netns(target):
         configure_namespace(
             "pasta0", mac=None, mtu=1500, addr4=ip("192.0.2.10"), prefix4=32, gw4=ip("192.0.2.1")
         )
-    routes = ns_run(holder, "ip -4 route")
+    routes = ns_run(holder.pid, "ip -4 route")
     assert "192.0.2.1 dev pasta0 proto static scope link" in routes
     assert "default via 192.0.2.1 dev pasta0" in routes
 

@@ -26,31 +26,6 @@ def ns_ino(path: str) -> int:
 
 
 @pytest.fixture
-def holder() -> Iterator[subprocess.Popen[str]]:
-    """A process alone in a new user+net namespace; killed afterwards."""
-    proc = subprocess.Popen(
-        ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo ready; exec sleep 60"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-        assert ns_ino(f"/proc/{proc.pid}/ns/net") != ns_ino("/proc/self/ns/net")
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
-def target(holder: subprocess.Popen[str]) -> Iterator[netns.Target]:
-    target = netns.resolve_target(holder.pid, None, None, False)
-    yield target
-    target.close()
-
-
-@pytest.fixture
 def netns_file(tmp_path: Path) -> Iterator[Path]:
     """A network namespace bound to a file (``unshare --net=FILE``); unmounted afterwards."""
     path = tmp_path / "netns"

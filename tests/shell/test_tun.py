@@ -11,7 +11,6 @@ import select
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,71 +21,49 @@ NSENTER = "/usr/bin/nsenter"
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 
 
-@pytest.fixture
-def holder() -> Iterator[int]:
-    """PID of a process alone in a new user+net namespace; killed afterwards."""
-    proc = subprocess.Popen(
-        ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", "echo ready; exec sleep 60"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-        ours = os.stat("/proc/self/ns/net").st_ino
-        assert os.stat(f"/proc/{proc.pid}/ns/net").st_ino != ours
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
-def target(holder: int) -> Iterator[netns.Target]:
-    target = netns.resolve_target(holder, None, None, False)
-    yield target
-    target.close()
-
-
 def ns_run(pid: int, *argv: str) -> str:
     return subprocess.run(
         [NSENTER, "-t", str(pid), "-n", *argv], check=True, capture_output=True, text=True
     ).stdout
 
 
-def test_tap_with_vnet_header_and_offload(holder: int, target: netns.Target) -> None:
+def test_tap_with_vnet_header_and_offload(
+    holder: subprocess.Popen[str], target: netns.Target
+) -> None:
     with netns.in_netns(target):
         tap = open_tap("pasta0")
     try:
         assert (tap.name, tap.vnet_hdr, tap.offload) == ("pasta0", True, True)
         assert os.get_blocking(tap.fd) is False
         assert os.get_inheritable(tap.fd) is False
-        details = ns_run(holder, "ip", "-d", "link", "show", "pasta0")
+        details = ns_run(holder.pid, "ip", "-d", "link", "show", "pasta0")
         assert f"{tap.ifindex}: pasta0:" in details
         assert "tun type tap pi off vnet_hdr on" in details
     finally:
         os.close(tap.fd)
-    assert "pasta0" not in ns_run(holder, "ip", "link"), "the tap must die with its fd"
+    assert "pasta0" not in ns_run(holder.pid, "ip", "link"), "the tap must die with its fd"
 
 
-def test_tap_without_vnet_header(holder: int, target: netns.Target) -> None:
+def test_tap_without_vnet_header(holder: subprocess.Popen[str], target: netns.Target) -> None:
     with netns.in_netns(target):
         tap = open_tap("plain0", vnet_hdr=False)
     try:
         assert (tap.vnet_hdr, tap.offload) == (False, False)
-        assert "vnet_hdr off" in ns_run(holder, "ip", "-d", "link", "show", "plain0")
+        assert "vnet_hdr off" in ns_run(holder.pid, "ip", "-d", "link", "show", "plain0")
     finally:
         os.close(tap.fd)
 
 
-def test_syn_from_namespace_leaves_checksum_to_us(holder: int, target: netns.Target) -> None:
+def test_syn_from_namespace_leaves_checksum_to_us(
+    holder: subprocess.Popen[str], target: netns.Target
+) -> None:
     """With offload on, the kernel hands over a SYN with only the pseudo-header summed."""
     with netns.in_netns(target):
         tap = open_tap("pasta0")
     try:
-        ns_run(holder, "ip", "link", "set", "pasta0", "up")
-        ns_run(holder, "ip", "addr", "add", "198.51.100.2/24", "dev", "pasta0")
-        ns_run(holder, "ip", "neigh", "add", "198.51.100.1", "lladdr", "02:00:00:00:00:01",
+        ns_run(holder.pid, "ip", "link", "set", "pasta0", "up")
+        ns_run(holder.pid, "ip", "addr", "add", "198.51.100.2/24", "dev", "pasta0")
+        ns_run(holder.pid, "ip", "neigh", "add", "198.51.100.1", "lladdr", "02:00:00:00:00:01",
                "dev", "pasta0")  # fmt: skip
         with netns.in_netns(target):
             client = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
