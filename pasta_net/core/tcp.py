@@ -40,9 +40,11 @@ connections are never sacrificed. A SYN must name unicast addresses that are not
 loopback and non-zero ports (as passt); anything else is dropped with a counter, so
 no frame can open a socket to the host's own loopback services. A reset is accepted
 only with a sequence number inside the window (RFC 9293 §3.10.7.4, RFC 5961 §3):
-one with an absurd sequence number cannot end a connection. Data beyond the furthest
-right edge we ever advertised is cut off (RFC 9293 §3.10.7.4 again): a namespace that
-ignores our window cannot make us hold more than we offered.
+one with an absurd sequence number cannot end a connection. It gets a challenge ACK
+instead, so that a genuine reset that merely raced with our ACKs (a closed socket
+answers with the acknowledgement number it saw) comes back with the right one. Data
+beyond the furthest right edge we ever advertised is cut off (RFC 9293 §3.10.7.4
+again): a namespace that ignores our window cannot make us hold more than we offered.
 
 Our SYN towards the namespace (``-t``) is sent again after :data:`SYN_RTO`, doubling,
 until :data:`SYN_TIMEOUT`. If the namespace answers it with a bare ACK (its port still
@@ -208,6 +210,7 @@ class TcpTable:
                     self._remove(conn, actions, reset=True)
                     return
                 self.engine.drop("tcp-bad-reset", f"flow {conn.flow} seq {seg.seq}")
+                must_ack |= conn.established  # challenge ACK (RFC 5961 §3.2)
                 continue
             if seg.flags & SYN:
                 must_ack |= self._syn_in_connection(conn, seg, now, actions)

@@ -102,6 +102,8 @@ def test_reset_with_absurd_sequence_number_is_ignored(offset: int) -> None:
     actions = pb.eng.receive_frames([seg("R", (pb.seq + offset) % (1 << 32))], now=1.0)
     assert not [a for a in actions if isinstance(a, CloseSocket)]
     assert pb.eng.drops["tcp-bad-reset"] == 1
+    [challenge] = frames_of(actions)  # RFC 5961 §3.2: tells a real peer where we are
+    assert challenge[TCP].flags == "A" and challenge[TCP].ack == pb.seq
     [send] = pb.send("PA", b"still here")
     assert isinstance(send, TcpSend)
 
