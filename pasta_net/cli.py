@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from pasta_net.core.portspec import EPHEMERAL_PORTS, PortRange, parse_ephemeral_range
+from pasta_net.netconf import NetlinkHelper
 from pasta_net.options import Action, Mode, UsageError, help_text, parse_args, version_text
 
 __all__ = ["main"]
@@ -60,10 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.action is Action.VERSION:
         sys.stdout.write(version_text(prog))
         return 0
+    # First, so that pyroute2 loads and the host is read in a child, on another core,
+    # while we import the runtime stack (not needed for --help/--version).
+    netlink = NetlinkHelper.start(options.host_query)
     if options.mode is Mode.PASST:
-        from pasta_net import passt as passt_mode  # not needed for --help/--version either
+        from pasta_net import passt as passt_mode
 
-        return passt_mode.run(options, prog)
-    from pasta_net import launch  # the runtime stack is not needed for --help/--version
+        return passt_mode.run(options, prog, netlink)
+    from pasta_net import launch
 
-    return launch.run(options, prog)
+    return launch.run(options, prog, netlink)

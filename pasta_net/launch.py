@@ -88,13 +88,21 @@ _EXPECTED = (StartupError, netns.NetnsError, netconf.NetconfError, tun.TunError,
              privileges.PrivilegeError, ListenError, ControlError)
 
 
-def run(options: Options, prog: str) -> int:
-    """Run pasta mode as the options say; the process exit status."""
-    own_process(options)
+def run(options: Options, prog: str, netlink: netconf.NetlinkHelper | None = None) -> int:
+    """Run pasta mode as the options say; the process exit status.
+
+    ``netlink`` is the helper ``cli.main`` started early (a new one if None); it is
+    closed once the namespace is configured, or when we fail.
+    """
+    own_process(options, netlink)
     setup_logging(options, prog)
-    if options.command or (options.pid is None and options.ns.netns is None):
-        return _run_command(options)
-    return run_service(options, lambda ready: _serve(options, _resolve(options), ready))
+    if netlink is None:
+        netlink = netconf.NetlinkHelper.start(options.host_query)
+    with netlink:
+        if options.command or (options.pid is None and options.ns.netns is None):
+            return _run_command(options, netlink)
+        return run_service(options, lambda ready: _serve(options, _resolve(options), ready,
+                                                         netlink), netlink)
 
 
 # -------------------------------------------------------------------- modes --
@@ -102,11 +110,12 @@ Service = Callable[[Callable[[], None]], None]
 """Sets up and serves until done; calls its argument once everything is ready."""
 
 
-def run_service(options: Options, service: Service) -> int:
+def run_service(options: Options, service: Service, netlink: netconf.NetlinkHelper) -> int:
     """Run ``service`` in the foreground (``-f``) or daemonised; the exit status.
 
     Shared by pasta and passt mode: "ready" writes the pid file and, for a daemon, lets
-    the parent exit 0; a failure before that makes it exit 1.
+    the parent exit 0; a failure before that makes it exit 1. The parent of a daemon
+    lets go of ``netlink`` and reaps it (the daemon uses it).
     """
     try:
         pid_file = _open_pid_file(options)
@@ -115,7 +124,7 @@ def run_service(options: Options, service: Service) -> int:
         return 1
     if options.log.foreground:
         return _guarded(service, lambda: _write_pid_file(pid_file))
-    return _daemonize(pid_file, service)
+    return _daemonize(pid_file, service, netlink)
 
 
 def _guarded(service: Service, ready: Callable[[], None]) -> int:
@@ -127,7 +136,7 @@ def _guarded(service: Service, ready: Callable[[], None]) -> int:
     return 0
 
 
-def _daemonize(pid_file: int | None, service: Service) -> int:
+def _daemonize(pid_file: int | None, service: Service, netlink: netconf.NetlinkHelper) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -136,6 +145,7 @@ def _daemonize(pid_file: int | None, service: Service) -> int:
             os.close(pid_file)
         with os.fdopen(read_end, "rb") as pipe:
             ready = pipe.read(1) == _READY
+        netlink.close()
         if ready:
             return 0
         os.waitpid(pid, 0)
@@ -152,7 +162,7 @@ def _daemonize(pid_file: int | None, service: Service) -> int:
     os._exit(_guarded(service, signal_ready))
 
 
-def _run_command(options: Options) -> int:
+def _run_command(options: Options, netlink: netconf.NetlinkHelper) -> int:
     """``pasta-net [options] [COMMAND]``: a new user+net namespace running COMMAND."""
     argv = list(options.command) or [os.environ.get("SHELL") or "/bin/sh"]
     try:
@@ -176,7 +186,7 @@ def _run_command(options: Options) -> int:
         status.append(spawned.wait())
 
     try:
-        _serve(options, spawned.target, ready, gone=command_exits)
+        _serve(options, spawned.target, ready, netlink, gone=command_exits)
     except _EXPECTED as exc:
         log.error("%s", exc)
         os.kill(spawned.pid, 9)
@@ -194,14 +204,15 @@ def _resolve(options: Options) -> netns.Target:
 
 
 def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
-           gone: Callable | None = None) -> None:
-    host = read_host(options)
+           netlink: netconf.NetlinkHelper, gone: Callable | None = None) -> None:
+    host = read_host(options, netlink)
     plan = address_plan(options, host)
     netns.join_userns_if_needed(target)
     with netns.NetnsThread(target) as ns_thread:
         ifname = options.ns.ifname or host.ifname or "tap0"
         tap = ns_thread.call(tun.open_tap, ifname)
-        ns_thread.call(_configure, options, tap.name, plan)
+        ns_thread.call(_configure, options, netlink, tap.name, plan)
+        netlink.close()  # its work is done: reap it now, not at exit
         ns_mac = ns_thread.call(_link_mac, tap.name)
         config = engine_config(options, plan, host, ns_mac, tap.offload)
         log.info("%s is up in %s%s", tap.name, target.name,
@@ -262,8 +273,6 @@ def _forwarder(options: Options, control: Bound, ns: netns.NetnsThread | None,
 
 def _follower(options: Options, ns_thread: netns.NetnsThread, ifname: str) -> Follow:
     """``--follow-host``: read the host again, plan for it, re-address ``ifname``."""
-    want4, want6 = not options.ipv6_only, not options.ipv4_only
-
     def replan(host: netconf.HostConfig, old: AddressPlan) -> tuple[AddressPlan, AddressMap]:
         plan = attrs.evolve(address_plan(options, host), our_mac=old.our_mac)
         return plan, address_map(options, plan, host)
@@ -271,31 +280,31 @@ def _follower(options: Options, ns_thread: netns.NetnsThread, ifname: str) -> Fo
     def reconfigure(old: netconf.Addressing, new: netconf.Addressing) -> None:
         ns_thread.call(netconf.readdress_namespace, ifname, old, new)
 
-    return Follow(lambda: netconf.read_host(options.interface, want4, want6), replan,
+    return Follow(lambda: netconf.read_host(*options.host_query), replan,
                   reconfigure if options.ns.config_net else None)
 
 
-def read_host(options: Options) -> netconf.HostConfig:
+def read_host(options: Options, netlink: netconf.NetlinkHelper) -> netconf.HostConfig:
     """The host's interface, addresses and routes, which the guest's plan copies."""
-    want4, want6 = not options.ipv6_only, not options.ipv4_only
     try:
-        return netconf.read_host(options.interface, want4, want6)
+        return netlink.host()
     except netconf.NetconfError:
         if options.ip4.address is None and options.ip6.address is None:
             raise StartupError("External interface not usable") from None
         return netconf.HostConfig(ifname=options.interface or "tap0", mac=None, mtu=1500)
 
 
-def _configure(options: Options, ifname: str, plan: AddressPlan) -> None:
+def _configure(options: Options, netlink: netconf.NetlinkHelper, ifname: str,
+               plan: AddressPlan) -> None:
     """In the target netns: MAC, MTU, link up; addresses and routes with --config-net."""
     mtu = options.mtu or 65520
     if options.ns.config_net:
-        netconf.configure_namespace(
+        netlink.configure(
             ifname, mac=options.ns.mac_addr, mtu=mtu,
             addr4=plan.addr4, prefix4=plan.prefix4, gw4=plan.gw4,
             addr6=plan.addr6, prefix6=plan.prefix6, gw6=plan.gw6)
     else:
-        netconf.configure_namespace(ifname, mac=options.ns.mac_addr, mtu=mtu)
+        netlink.configure(ifname, mac=options.ns.mac_addr, mtu=mtu)
 
 
 def _link_mac(ifname: str) -> bytes:
@@ -438,12 +447,13 @@ def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -
 
 
 # ------------------------------------------------------------------ process --
-def own_process(options: Options) -> None:
+def own_process(options: Options, netlink: netconf.NetlinkHelper | None) -> None:
     """First thing in either mode, while we are one thread: close what our starter leaked
-    to us (all fds above stderr but ``--fd``), take the whole fd limit we are allowed,
-    and keep capabilities over a switch away from root, to drop them one by one later
-    (DESIGN.md §6)."""
-    privileges.close_inherited_fds([] if options.fd is None else [options.fd])
+    to us (all fds above stderr but ``--fd`` and the netlink helper's socket), take the
+    whole fd limit we are allowed, and keep capabilities over a switch away from root, to
+    drop them one by one later (DESIGN.md §6)."""
+    keep = [] if options.fd is None else [options.fd]
+    privileges.close_inherited_fds(keep + ([netlink.fileno()] if netlink else []))
     privileges.raise_fd_limit()
     privileges.keep_capabilities_across_uid_change()
 

@@ -243,6 +243,11 @@ class Options:
     command: tuple[str, ...] = ()
     """The command to spawn in a new namespace; empty means the user's shell."""
 
+    @property
+    def host_query(self) -> tuple[str | None, bool, bool]:
+        """What to read of the host: ``(interface, want IPv4?, want IPv6?)``."""
+        return self.interface, not self.ipv6_only, not self.ipv4_only
+
 
 # --- getopt ----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from pasta_net import launch
 from pasta_net.core.frames import BROADCAST_MAC
+from pasta_net.netconf import NetlinkHelper
 from pasta_net.options import Options
 from pasta_net.shell.qemu import QemuStream
 
@@ -42,16 +43,19 @@ SOCKET_TEMPLATE = "/tmp/passt_{}.socket"
 SOCKET_MAX = 64
 
 
-def run(options: Options, prog: str) -> int:
-    """Run passt mode as the options say; the process exit status."""
-    launch.own_process(options)
+def run(options: Options, prog: str, netlink: NetlinkHelper) -> int:
+    """Run passt mode as the options say; the process exit status. ``netlink`` reads the
+    host (started early by ``cli.main``) and is closed before we serve."""
+    launch.own_process(options, netlink)
     launch.setup_logging(options, prog)
-    try:
-        stream, path = _open_stream(options)
-    except launch.StartupError as exc:
-        log.error("%s", exc)
-        return 1
-    return launch.run_service(options, lambda ready: _serve(options, stream, path, ready))
+    with netlink:
+        try:
+            stream, path = _open_stream(options)
+        except launch.StartupError as exc:
+            log.error("%s", exc)
+            return 1
+        return launch.run_service(
+            options, lambda ready: _serve(options, stream, path, ready, netlink), netlink)
 
 
 def _open_stream(options: Options) -> tuple[QemuStream, str | None]:
@@ -64,13 +68,14 @@ def _open_stream(options: Options) -> tuple[QemuStream, str | None]:
 
 
 def _serve(options: Options, stream: QemuStream, path: str | None,
-           ready: Callable[[], None]) -> None:
+           ready: Callable[[], None], netlink: NetlinkHelper) -> None:
     async def client_gone() -> str:
         await stream.finished.wait()
         return "client disconnected"
 
     try:
-        host = launch.read_host(options)
+        host = launch.read_host(options, netlink)
+        netlink.close()
         plan = launch.address_plan(options, host)
         config = launch.engine_config(options, plan, host, BROADCAST_MAC, offload=False)
         launch.serve_frames(options, config, stream, ready, client_gone)

@@ -80,9 +80,12 @@ class Net:
         """The inodes of the UDP sockets pasta-net holds connected to ``peer`` (its fds,
         matched against `ss` in the sandbox host netns, where they live)."""
         assert self.running is not None
-        fds = Path(f"/proc/{self.running.pid}/fd")
-        inodes = {os.readlink(fd)[len("socket:[") : -1] for fd in fds.iterdir()
-                  if os.readlink(fd).startswith("socket:[")}
+        inodes = set()
+        for fd in Path(f"/proc/{self.running.pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed while we list them
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
         address = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
         lines = sandbox.run_command(["ss", "-Huane", "dst", f"{address}:{peer[1]}"]).stdout
         return {inode for line in lines.decode().splitlines() for inode in inodes

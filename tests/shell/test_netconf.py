@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from pasta_net import netns
-from pasta_net.netconf import HostConfig, NetconfError, configure_namespace, read_host
+from pasta_net.netconf import HostConfig, NetconfError, NetlinkHelper, read_host
 from pasta_net.tun import Tap, open_tap
 
 NSENTER = "/usr/bin/nsenter"
@@ -40,6 +40,14 @@ def tap(target: netns.Target) -> Iterator[Tap]:
         tap = open_tap("pasta0")
     yield tap
     os.close(tap.fd)
+
+
+@pytest.fixture
+def netlink() -> Iterator[NetlinkHelper]:
+    """A helper forked here, in the test's netns: as in the program, requests for the
+    target netns reach it with a netlink socket opened there."""
+    with NetlinkHelper.start() as helper:
+        yield helper
 
 
 @pytest.fixture
@@ -127,10 +135,11 @@ def test_read_host_unknown_interface(target: netns.Target) -> None:
 # --- configure_namespace ----------------------------------------------------------------
 
 
-def test_configure_namespace(holder: subprocess.Popen[str], target: netns.Target, tap: Tap) -> None:
+def test_configure_namespace(holder: subprocess.Popen[str], target: netns.Target, tap: Tap,
+                             netlink: NetlinkHelper) -> None:
     with netns.NetnsThread(target) as thread:
         thread.call(
-            lambda: configure_namespace(
+            lambda: netlink.configure(
                 "pasta0",
                 mac=MAC,
                 mtu=65520,
@@ -156,10 +165,10 @@ def test_configure_namespace(holder: subprocess.Popen[str], target: netns.Target
 
 
 def test_gateway_outside_the_prefix_gets_an_onlink_route(
-    holder: subprocess.Popen[str], target: netns.Target, tap: Tap
+    holder: subprocess.Popen[str], target: netns.Target, tap: Tap, netlink: NetlinkHelper
 ) -> None:
     with netns.in_netns(target):
-        configure_namespace(
+        netlink.configure(
             "pasta0", mac=None, mtu=1500, addr4=ip("192.0.2.10"), prefix4=32, gw4=ip("192.0.2.1")
         )
     routes = ns_run(holder.pid, "ip -4 route")
@@ -167,15 +176,38 @@ def test_gateway_outside_the_prefix_gets_an_onlink_route(
     assert "default via 192.0.2.1 dev pasta0" in routes
 
 
-def test_configure_reports_the_failing_step(target: netns.Target, tap: Tap) -> None:
+def test_configure_reports_the_failing_step(target: netns.Target, tap: Tap,
+                                            netlink: NetlinkHelper) -> None:
     with netns.in_netns(target):
-        configure_namespace("pasta0", mac=None, mtu=1500, addr4=ip("198.51.100.2"))
+        netlink.configure("pasta0", mac=None, mtu=1500, addr4=ip("198.51.100.2"))
         with pytest.raises(
             NetconfError, match=r"add address 198\.51\.100\.2/24 to pasta0: File exists"
         ):
-            configure_namespace("pasta0", mac=None, mtu=1500, addr4=ip("198.51.100.2"))
+            netlink.configure("pasta0", mac=None, mtu=1500, addr4=ip("198.51.100.2"))
 
 
-def test_configure_unknown_interface(target: netns.Target) -> None:
+def test_configure_unknown_interface(target: netns.Target, netlink: NetlinkHelper) -> None:
     with netns.in_netns(target), pytest.raises(NetconfError, match="No such interface"):
-        configure_namespace("nope0", mac=None, mtu=1500)
+        netlink.configure("nope0", mac=None, mtu=1500)
+
+
+# --- the helper process -----------------------------------------------------------------
+
+
+def test_helper_reads_the_host_at_once_and_is_reaped(fake_host: int,
+                                                     target: netns.Target) -> None:
+    with netns.in_netns(target):
+        helper = NetlinkHelper.start(("up0", True, False))
+    pid = helper._pid
+    assert helper.host().addr4 == ip("198.51.100.2")
+    helper.close()
+    helper.close()  # again: nothing left to do
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_dead_helper_is_an_error_not_a_hang(target: netns.Target, tap: Tap) -> None:
+    with NetlinkHelper.start() as helper:
+        os.kill(helper._pid, 9)
+        with netns.in_netns(target), pytest.raises(NetconfError, match="helper died"):
+            helper.configure("pasta0", mac=None, mtu=1500)
