@@ -103,7 +103,7 @@ class NetlinkHelper:
         return cls(pid, ours)
 
     def host(self) -> HostConfig:
-        """The host's configuration, read when the helper started."""
+        """The host's configuration, read when the helper started (ask once)."""
         return self._outcome("read_host")
 
     def configure(self, ifname: str, **settings: object) -> None:
@@ -183,7 +183,6 @@ def _helper_main(sock: socket.socket, host: tuple[str | None, bool, bool] | None
     from pasta_net import privileges, rtnl
 
     privileges.close_inherited_fds([sock.fileno()])  # ours may include a starter's pipes
-
     if host is not None:
         sock.send(_run(rtnl.read_host, *host))
     while True:
