@@ -142,15 +142,9 @@ def live_abuse(ifname: str, host: str, port: int, size: int) -> dict:
                b"\x08\x0a" + bytes(8)]
     for option in options:  # absurd options on a plain ACK: nothing to act on
         injector.send(_segment(template, seq, ack, 0x10, 65535, option[:40]))
-    for chunk in chunks[half:]:
-        sock.sendall(chunk)
-    sock.shutdown(socket.SHUT_WR)
-    reply = b""
-    while part := sock.recv(4096):
-        reply += part
-    digest, count = reply.decode().split()
+    digest, count = _finish_upload(sock, chunks[half:])
     return {"injected": len(abuse) + len(options), "sent_sha": pattern_sha256(size),
-            "peer_sha": digest, "peer_got": int(count)}
+            "peer_sha": digest, "peer_got": count}
 
 
 # ------------------------------------------------------------- exhaustion ---
@@ -162,14 +156,20 @@ def paused_upload(host: str, port: int, size: int) -> dict:
         sock.sendall(chunk)
     _emit(paused=True)
     sys.stdin.readline()
-    for chunk in chunks[half:]:
+    digest, count = _finish_upload(sock, chunks[half:])
+    return {"sent_sha": pattern_sha256(size), "peer_sha": digest, "peer_got": count}
+
+
+def _finish_upload(sock: socket.socket, rest: list[bytes]) -> tuple[str, int]:
+    """Send the rest, half-close, and read the sink's answer: its SHA-256 and byte count."""
+    for chunk in rest:
         sock.sendall(chunk)
     sock.shutdown(socket.SHUT_WR)
     reply = b""
     while part := sock.recv(4096):
         reply += part
     digest, count = reply.decode().split()
-    return {"sent_sha": pattern_sha256(size), "peer_sha": digest, "peer_got": int(count)}
+    return digest, int(count)
 
 
 def paused_download(host: str, port: int, size: int) -> dict:
