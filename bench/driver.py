@@ -25,7 +25,7 @@ import report
 from helpers import PASTA_ARGS, Baseline, Helper, PastaLike, Slirp4netns
 from sandbox import IPERF_PORT, Sandbox, log
 from scaling import run_scaling
-from workloads import run_bulk, run_full
+from workloads import TESTS, run_bulk, run_full
 
 NOFILE = 65536  # 10,000 idle flows / forwarded ports need more than 1024 fds
 
@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--udp-rate", default="0", help="iperf3 -b for UDP (0: unlimited)")
     ap.add_argument("--veth-mtu", type=int, default=1500, help="MTU of the uplink veth")
     ap.add_argument("--mtus", default="65520,1500", help="container MTUs; all rows at the first")
+    ap.add_argument(
+        "--tests",
+        default=",".join(TESTS),
+        help=f"comma list of main rows to run (default: all of {','.join(TESTS)})",
+    )
     ap.add_argument("--startup-timeout", type=float, default=20.0)
     ap.add_argument("--scaling", action="store_true", help="add the flows/ports section")
     ap.add_argument("--scaling-only", action="store_true", help="only the scaling section")
@@ -77,7 +82,8 @@ def run_helper(h: Helper, sb: Sandbox, a: argparse.Namespace, rep: int) -> dict:
             started = h.start(sb, mtu, str(IPERF_PORT), f"mtu{mtu}-rep{rep}", a.startup_timeout)
             if i == 0:
                 res["startup_ms"] = started.get("startup_ms")
-                res.update(run_full(h, sb, a.time, a.nbtool, mtu, a.udp_rate))
+                tests = tuple(a.tests.split(","))
+                res.update(run_full(h, sb, a.time, a.nbtool, mtu, a.udp_rate, tests))
             else:
                 res.update(run_bulk(h, sb, a.time, a.nbtool, mtu))
         except Exception as e:  # the helper failed: its cells stay "–"

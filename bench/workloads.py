@@ -156,16 +156,32 @@ class Runner:
         return float(kv[key])
 
 
-def run_full(h: Helper, sb: Sandbox, secs: int, nbtool: str, mtu: int, udp_rate: str) -> dict:
-    """Every row, at the main MTU."""
+TESTS = ("tcp_out", "tcp_in", "fwd_lo", "fwd_tap", "udp_out", "rr", "crr")
+"""Every row of the main table, in the order they run (``--tests`` picks some)."""
+
+
+def run_full(
+    h: Helper,
+    sb: Sandbox,
+    secs: int,
+    nbtool: str,
+    mtu: int,
+    udp_rate: str,
+    tests: tuple[str, ...] = TESTS,
+) -> dict:
+    """The chosen rows (default: every row), at the main MTU."""
     r = Runner(h, sb, secs, nbtool)
-    r.tcp_out(mtu)
-    r.tcp_in(mtu)
-    r.fwd_lo()
-    r.fwd_tap()
-    r.udp_out(udp_rate)
-    r.rr()
-    r.crr()
+    steps = {
+        "tcp_out": lambda: r.tcp_out(mtu),
+        "tcp_in": lambda: r.tcp_in(mtu),
+        "fwd_lo": r.fwd_lo,
+        "fwd_tap": r.fwd_tap,
+        "udp_out": lambda: r.udp_out(udp_rate),
+        "rr": r.rr,
+        "crr": r.crr,
+    }
+    for test in tests:
+        steps[test]()
     return r.res
 
 
