@@ -202,9 +202,9 @@ class Engine:
             return
         handler(payload, now, actions)
 
-    def drop(self, reason: str, detail: str) -> None:
-        """Count a dropped frame or event; one debug line each."""
-        self.drops[reason] += 1
+    def drop(self, reason: str, detail: str, count: int = 1) -> None:
+        """Count ``count`` dropped frames or events; one debug line per call."""
+        self.drops[reason] += count
         log.debug("dropped (%s): %s", reason, detail)
 
     def _arp(self, payload: memoryview, _now: float, actions: list[Action]) -> None:
@@ -260,7 +260,9 @@ class Engine:
         flow.last_used = now
         self.timers.schedule(("ping", flow.flow), now + ECHO_TIMEOUT)
         actions.append(
-            SendDatagram(flow.flow, self.config.mapping.outbound(packet.dst, 0), request.message)
+            SendDatagram(
+                flow.flow, self.config.mapping.outbound(packet.dst, 0), [request.message]
+            )
         )
 
     # ---------------------------------------------------------------------- UDP --
@@ -276,11 +278,6 @@ class Engine:
             return
         if not self.config.udp:
             self.drop("disabled", "udp")
-            return
-        if not (forwardable(packet.src) and forwardable(packet.dst) and datagram.sport
-                and datagram.dport):
-            # mDNS, SSDP and other multicast, broadcast, loopback: never onto the host
-            self.drop("bad-address", f"udp {packet.dst.hex()}:{datagram.dport}")
             return
         self.udp.from_namespace(packet, datagram, now, actions)
 

@@ -101,7 +101,7 @@ class ArpPacket:
     target_ip: bytes
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # not frozen: per-frame cost (core/actions.py)
 class IpPacket:
     """An IPv4 or IPv6 packet, decoded as far as dispatch needs."""
 
@@ -115,7 +115,7 @@ class IpPacket:
     """Upper-layer header and payload, bounded by the IP length fields."""
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # not frozen: per-frame cost (core/actions.py)
 class UdpDatagram:
     sport: int
     dport: int

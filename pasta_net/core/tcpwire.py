@@ -52,7 +52,7 @@ _OPT_EOL, _OPT_NOP, _OPT_MSS, _OPT_WSCALE = 0, 1, 2, 3
 TCP_HLEN = 20
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)  # not frozen: per-frame cost (core/actions.py)
 class Segment:
     sport: int
     dport: int

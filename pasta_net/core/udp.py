@@ -49,6 +49,7 @@ from pasta_net.core.frames import (
     build_ip,
     build_ip_frame,
     build_udp,
+    forwardable,
     l4_checksum,
 )
 
@@ -61,6 +62,10 @@ IDLE_TIMEOUT = 180.0
 """Seconds a flow lives after its last datagram (pasta's default)."""
 MAX_FLOWS = 1 << 17
 """Flows at once, each with its own socket when outbound (passt's flow table holds 128 Ki)."""
+GSO_SEGMENTS = 64
+"""Datagrams per GSO send: the kernel's ``UDP_MAX_SEGMENTS``, 64 since ``UDP_SEGMENT`` exists."""
+GSO_BYTES = 65535 - 60 - 8
+"""UDP payload of one GSO send: its IP packet, before segmentation, has a 16-bit length."""
 
 _ICMP_UNREACH = struct.Struct("!BBHI")
 _UNREACHABLE_CODES = {
@@ -89,6 +94,15 @@ class UdpFlow:
     last_used: float
 
 
+def _joins(payloads: list[memoryview], length: int) -> bool:
+    """Whether a datagram of ``length`` bytes may follow ``payloads`` in one GSO send:
+    every segment as long as the first but the last, at most :data:`GSO_SEGMENTS`
+    of them, and all in one IP packet's worth of payload before segmentation."""
+    size = len(payloads[0])
+    return (0 < length <= size and len(payloads[-1]) == size
+            and len(payloads) < GSO_SEGMENTS and size * len(payloads) + length <= GSO_BYTES)
+
+
 class UdpTable:
     def __init__(self, engine: Engine, timeout: float) -> None:
         self.engine = engine
@@ -107,17 +121,37 @@ class UdpTable:
         key = (packet.src, datagram.sport, packet.dst, datagram.dport)
         flow = self._by_key.get(key)
         if flow is None:
-            if len(self._by_key) >= MAX_FLOWS:
-                self._refuse(packet, datagram, actions)
-                return
             flow = self._open(packet, datagram, now, actions)
-        self._touch(flow, now)
-        actions.append(SendDatagram(flow.socket, flow.remote, datagram.payload))
+            if flow is None:
+                return
+        flow.last_used = now
+        # The flow's own socket is connected; a listener's is not, so it needs the client.
+        remote = None if flow.socket == flow.flow else flow.remote
+        payload = datagram.payload
+        last = actions[-1] if actions else None
+        if (type(last) is SendDatagram and last.flow == flow.socket and last.remote == remote
+                and _joins(last.payloads, len(payload))):
+            last.payloads.append(payload)
+        else:
+            actions.append(SendDatagram(flow.socket, remote, [payload]))
 
     def _open(
         self, packet: IpPacket, datagram: UdpDatagram, now: float, actions: list[Action]
-    ) -> UdpFlow:
+    ) -> UdpFlow | None:
+        """A new outbound flow, or None if its addresses or the table's size forbid it.
+
+        The addresses are checked here, once per flow, not per datagram: a flow's key
+        holds both, so every later datagram of the flow names the same ones.
+        """
         engine = self.engine
+        if not (forwardable(packet.src) and forwardable(packet.dst) and datagram.sport
+                and datagram.dport):
+            # mDNS, SSDP and other multicast, broadcast, loopback: never onto the host
+            engine.drop("bad-address", f"udp {packet.dst.hex()}:{datagram.dport}")
+            return None
+        if len(self._by_key) >= MAX_FLOWS:
+            self._refuse(packet, datagram, actions)
+            return None
         remote = engine.config.mapping.outbound(packet.dst, datagram.dport)
         flow_id = engine.new_flow_id()
         flow = UdpFlow(
@@ -143,6 +177,13 @@ class UdpTable:
         actions.append(SendFrames([self._unreachable(flow, *_UNREACHABLE_CODES[errno.EMFILE])]))
 
     def _add(self, flow: UdpFlow) -> None:
+        """Enter a new flow, and its idle timer.
+
+        Datagrams only note their time in ``last_used``; the timer is moved when it
+        fires (:meth:`deadline`), not per datagram: a heap push per datagram was a tenth
+        of the engine's time on a UDP stream.
+        """
+        self.engine.timers.schedule(("udp", flow.flow), flow.last_used + self.timeout)
         self._by_key[(flow.ns_addr, flow.ns_port, flow.peer, flow.peer_port)] = flow
         self._by_id[flow.flow] = flow
         if flow.socket == flow.flow:
@@ -165,7 +206,7 @@ class UdpTable:
             if flow is None:
                 self.engine.drop("unmappable", f"udp source {client[0]}")
                 return
-        self._touch(flow, now)
+        flow.last_used = now
         self._to_namespace(flow, data, actions)
 
     def _open_inbound(
@@ -200,7 +241,7 @@ class UdpTable:
         if flow is None:
             self.engine.drop("stale", f"udp datagram for closed flow {socket}")
             return
-        self._touch(flow, now)
+        flow.last_used = now
         self._to_namespace(flow, data, actions)
 
     def _to_namespace(self, flow: UdpFlow, data: bytes, actions: list[Action]) -> None:
@@ -208,10 +249,6 @@ class UdpTable:
         l4 = build_udp(flow.peer, flow.ns_addr, flow.peer_port, flow.ns_port, data)
         frame = build_ip_frame(engine.ns_mac, engine.plan.our_mac, flow.peer, flow.ns_addr, 17, l4)
         actions.append(SendFrames([frame]))
-
-    def _touch(self, flow: UdpFlow, now: float) -> None:
-        flow.last_used = now
-        self.engine.timers.schedule(("udp", flow.flow), now + self.timeout)
 
     def failed(self, socket: int, err: int, now: float, actions: list[Action]) -> None:
         """The socket of a flow reported ``err``: reflect unreachability, keep the flow."""

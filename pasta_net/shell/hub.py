@@ -76,6 +76,8 @@ IP_RECVERR, IPV6_RECVERR = 11, 25  # <linux/in.h>, <linux/in6.h>; not in Python'
 _ERRQUEUE_CMSG = frozenset({(socket.SOL_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)})
 _EE_ERRNO = struct.Struct("=I")  # struct sock_extended_err starts with ee_errno
 _FREE_SPACE_QUERY = 16384
+UDP_SEGMENT = 103  # <linux/udp.h>; not in Python's socket module
+_GSO_SIZE = struct.Struct("=H")
 
 
 @attrs.define
@@ -102,7 +104,6 @@ class Hub:
         self.epoll = select.epoll()
         self.epoll.register(tap.fd, select.EPOLLIN)
         self.sockets: dict[int, socket.socket] = {}
-        self._kinds: dict[int, SocketKind] = {}
         self._connecting: set[int] = set()
         self._peer_closed: set[int] = set()
         self._fd_handlers: dict[int, Callable[[int], None]] = {tap.fd: self._tap_ready}
@@ -113,6 +114,7 @@ class Hub:
         self.spare = SpareFd()
         """Lets listeners refuse connections when we are out of fds (shell/reserve.py)."""
         self._udp_listeners: dict[int, int] = {}
+        self._no_gso: set[int] = set()
         self._udp_diverts: dict[int, Callable[[bytes, tuple], bool]] = {}
         self._dispatch: dict[type, Callable] = {
             SendFrames: self._send_frames,
@@ -227,7 +229,6 @@ class Hub:
             self._open_failed(action, exc)
             return
         self.sockets[action.flow] = sock
-        self._kinds[action.flow] = action.kind
         self._fd_flow[sock.fileno()] = action.flow
         try:
             opener = _OPENERS[action.kind]
@@ -278,7 +279,6 @@ class Hub:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sockets[flow] = sock
-        self._kinds[flow] = kind
         self._fd_flow[sock.fileno()] = flow
         self._watch(
             sock,
@@ -291,7 +291,6 @@ class Hub:
         """A ``-u`` listener: datagrams from clients start inbound UDP flows, except
         those ``divert(data, client)`` takes (returns True for: the loopback relay's)."""
         self.sockets[flow] = sock
-        self._kinds[flow] = SocketKind.UDP
         self._udp_listeners[flow] = ns_port
         if divert is not None:
             self._udp_diverts[flow] = divert
@@ -305,9 +304,9 @@ class Hub:
 
     def _forget(self, flow: int) -> socket.socket | None:
         sock = self.sockets.pop(flow, None)
-        self._kinds.pop(flow, None)
         self._udp_listeners.pop(flow, None)
         self._peer_closed.discard(flow)
+        self._no_gso.discard(flow)
         self._udp_diverts.pop(flow, None)
         self._connecting.discard(flow)
         if sock is not None:
@@ -334,19 +333,50 @@ class Hub:
     # ------------------------------------------------------------ datagrams --
     def _send_datagram(self, action: SendDatagram) -> None:
         sock = self.sockets.get(action.flow)
+        payloads = action.payloads
         if sock is None:
-            self.engine.drop("stale", f"datagram for closed socket {action.flow}")
+            self.engine.drop("stale", f"datagram for closed socket {action.flow}", len(payloads))
             return
         try:
-            if self._kinds.get(action.flow) is SocketKind.UDP and (
-                    action.flow not in self._udp_listeners):
-                sock.send(action.data)
+            if len(payloads) > 1 and action.flow not in self._no_gso:
+                self._send_segmented(action.flow, sock, payloads, action.remote)
             else:
-                sock.sendto(action.data, action.remote)
+                self._send_each(sock, payloads, action.remote)
         except BlockingIOError:
-            self.engine.drop("socket-busy", f"datagram on flow {action.flow}")
+            self.engine.drop("socket-busy", f"datagrams on flow {action.flow}", len(payloads))
         except OSError as exc:
             self.execute(self.engine.socket_failed(action.flow, exc.errno or 0, self.now()))
+
+    def _send_segmented(self, flow: int, sock: socket.socket, payloads: list,
+                        remote: tuple[str, int] | None) -> None:
+        """Datagrams of one size (the last maybe shorter) in one call: UDP GSO. The
+        kernel then routes and builds one packet for up to 46 datagrams of 1400 bytes,
+        and splits it only where it leaves.
+
+        It refuses where a segment would not fit the path MTU (``EINVAL``) or
+        segmentation is not available (``EIO``); the flow then sends one datagram per
+        call from now on.
+        """
+        segment = ((socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(len(payloads[0]))),)
+        try:
+            if remote is None:
+                sock.sendmsg(payloads, segment)
+            else:
+                sock.sendmsg(payloads, segment, 0, remote)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOPROTOOPT):
+                raise
+            log.debug("flow %d: no UDP segmentation offload (%s)", flow, exc)
+            self._no_gso.add(flow)
+            self._send_each(sock, payloads, remote)
+
+    @staticmethod
+    def _send_each(sock: socket.socket, payloads: list, remote: tuple[str, int] | None) -> None:
+        for payload in payloads:
+            if remote is None:
+                sock.send(payload)
+            else:
+                sock.sendto(payload, remote)
 
     def _dgram_event(self, flow: int | None, mask: int) -> None:
         sock = self.sockets.get(flow) if flow is not None else None

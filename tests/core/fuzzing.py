@@ -460,7 +460,10 @@ class HostModel:
             self.peeked[action.flow] = 0
 
     def _datagram(self, action: SendDatagram) -> None:
-        _expect(len(action.data) <= 0xFFFF, "datagram longer than IP allows")
+        _expect(all(len(p) <= 0xFFFF for p in action.payloads), "datagram longer than IP allows")
+        size = len(action.payloads[0])
+        _expect(all(len(p) == size for p in action.payloads[:-1])
+                and len(action.payloads[-1]) <= size, "datagrams of a GSO send differ in size")
         if action.flow in self.kinds and self.rng.random() < 0.05:
             self.execute(self.engine.socket_failed(action.flow, 111, self.now))
 

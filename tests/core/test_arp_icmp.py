@@ -64,7 +64,7 @@ def test_echo_request_opens_one_ping_socket_per_id_and_sends():
     assert isinstance(open_, OpenSocket) and open_.kind is SocketKind.PING
     assert open_.remote == (REMOTE4, 0)
     assert isinstance(send, SendDatagram) and send.flow == open_.flow
-    assert ICMP(bytes(send.data)).id == 0x1234
+    assert ICMP(bytes(send.payloads[0])).id == 0x1234
     # same id again: same flow, no new socket
     [again] = eng.receive_frames([echo4(0x1234, seq=2)], now=1.0)
     assert isinstance(again, SendDatagram) and again.flow == open_.flow

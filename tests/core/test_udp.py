@@ -97,18 +97,61 @@ def test_first_datagram_opens_a_connected_socket_on_the_same_port(version) -> No
     assert flow.open.family == version
     assert flow.open.remote == (PEER[version], 7)
     assert flow.open.local == ("", 40000), "the namespace's port, if the host has it free"
-    assert flow.send == SendDatagram(flow.id, (PEER[version], 7), flow.send.data)
-    assert bytes(flow.send.data) == b"hello"
+    assert flow.send == SendDatagram(flow.id, None, flow.send.payloads), "on the connected socket"
+    assert bytes(flow.send.payloads[0]) == b"hello"
 
 
 def test_one_flow_per_four_tuple() -> None:
     flow = Flow()
     [again] = flow.eng.receive_frames([datagram(b"again")], now=1.0)
-    assert again == SendDatagram(flow.id, (REMOTE4, 7), again.data)
+    assert again == SendDatagram(flow.id, None, again.payloads)
     other_port, _ = flow.eng.receive_frames([datagram(sport=40001)], now=1.0)
     other_peer, _ = flow.eng.receive_frames([datagram(dport=8)], now=1.0)
     assert len({flow.id, other_port.flow, other_peer.flow}) == 3
     assert len(flow.eng.udp) == 3
+
+
+def sends(actions) -> list[tuple[int, list[bytes]]]:
+    return [(a.flow, [bytes(p) for p in a.payloads]) for a in actions
+            if isinstance(a, SendDatagram)]
+
+
+@families
+def test_datagrams_of_a_flow_in_one_batch_become_one_segmentable_send(version) -> None:
+    """Each as long as the first, the last maybe shorter: one UDP GSO send's worth."""
+    flow = Flow(version=version)
+    payloads = [bytes([n]) * 1400 for n in range(5)] + [b"end"]
+    actions = flow.eng.receive_frames([datagram(p, version=version) for p in payloads], 1.0)
+    assert sends(actions) == [(flow.id, payloads)]
+
+
+def test_a_batch_splits_where_sizes_or_flows_change() -> None:
+    flow = Flow()
+    other = Flow(flow.eng, sport=40001)
+    big, small = b"b" * 1000, b"s" * 10
+    batch = [big, big, small, big, small, small]
+    actions = flow.eng.receive_frames([datagram(p) for p in batch], 1.0)
+    assert sends(actions) == [(flow.id, [big, big, small]), (flow.id, [big, small]),
+                              (flow.id, [small])]
+    mixed = [datagram(big), datagram(big, sport=40001), datagram(big)]
+    assert sends(flow.eng.receive_frames(mixed, 2.0)) == [
+        (flow.id, [big]), (other.id, [big]), (flow.id, [big])]
+
+
+def test_a_send_holds_no_more_than_one_ip_packet_of_payload() -> None:
+    """46 datagrams of 1400 bytes fit under the 16-bit IP length before segmentation; and
+    never more than the kernel's 64 segments."""
+    flow = Flow()
+    actions = flow.eng.receive_frames([datagram(b"x" * 1400)] * 50, 1.0)
+    assert [len(payloads) for _, payloads in sends(actions)] == [46, 4]
+    actions = flow.eng.receive_frames([datagram(b"x" * 100)] * 70, 2.0)
+    assert [len(payloads) for _, payloads in sends(actions)] == [64, 6]
+
+
+def test_empty_datagrams_are_sent_alone() -> None:
+    flow = Flow()
+    actions = flow.eng.receive_frames([datagram(b"")] * 2 + [datagram(b"x")] * 2, 1.0)
+    assert sends(actions) == [(flow.id, [b""]), (flow.id, [b""]), (flow.id, [b"x", b"x"])]
 
 
 @families
@@ -128,7 +171,7 @@ def test_largest_datagrams_pass_whole(version) -> None:
     """What the namespace's MTU lets it send, and whatever a host socket can receive."""
     sent = bytes(range(256)) * 255 + b"tail"
     flow = Flow(version=version, payload=sent)
-    assert bytes(flow.send.data) == sent
+    assert bytes(flow.send.payloads[0]) == sent
     largest = bytes(65535 - (20 if version == 4 else 0) - 8)
     reply = flow.reply(largest)
     assert len(reply[UDP].payload) == len(largest) and checksums_valid(reply)
@@ -139,7 +182,7 @@ def test_largest_datagrams_pass_whole(version) -> None:
        version=st.sampled_from([4, 6]))
 def test_any_datagram_round_trips(payload: bytes, sport: int, dport: int, version: int) -> None:
     flow = Flow(version=version, payload=payload, sport=sport, dport=dport)
-    assert bytes(flow.send.data) == payload
+    assert bytes(flow.send.payloads[0]) == payload
     reply = flow.reply(payload[::-1])
     assert bytes(reply[UDP].payload) == payload[::-1]
     assert (reply[UDP].sport, reply[UDP].dport) == (dport, sport)
@@ -293,7 +336,7 @@ def test_inbound_datagram_shows_the_real_client_and_the_reply_leaves_by_the_list
     assert checksums_valid(frame)
     [reply] = eng.receive_frames(
         [datagram(b"response", sport=5301, dport=33333, version=version)], now=1.0)
-    assert reply == SendDatagram(LISTENER, client, reply.data)
+    assert reply == SendDatagram(LISTENER, client, reply.payloads)
 
 
 def test_inbound_client_mapped_to_ipv4_keeps_its_ipv4_address() -> None:
