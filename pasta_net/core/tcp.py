@@ -467,11 +467,15 @@ class TcpTable:
         return actions
 
     def window_starved(self, flow: int) -> bool:
-        """True if our last advertised window was at the floor: worth a look when writable."""
+        """True if our last advertised window was at the floor because the socket was
+        full: worth a look when writable. (A SYN-ACK's window is small too, but only
+        because it cannot be scaled: the first ACK we send anyway carries the real one,
+        and a window update of its own after every connect cost a frame per connection.)
+        """
         conn = self._by_flow.get(flow)
         if conn is None or not conn.established:
             return False
-        return conn.last_wnd_sent << conn.ws_to_ns <= MIN_WINDOW
+        return conn.last_wnd_sent << conn.ws_to_ns <= MIN_WINDOW and conn.free <= MIN_WINDOW
 
     def writable(self, flow: int, free: int, now: float) -> list[Action]:
         """The socket has room again and no tail: reopen the window if it grew a lot.

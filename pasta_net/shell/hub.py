@@ -138,6 +138,9 @@ class Hub:
             # early for nothing costs one pass.
             with trio.CancelScope() as waiting:
                 await self._serve_until_a_deadline(waiting)  # returns or is cancelled
+            # What arrived by now goes first: after a late wake-up, an ACK waiting in the
+            # tap must stop a retransmission before its timer fires.
+            self._serve_ready()
             self.execute(self.engine.handle_deadline(trio.current_time()))
 
     async def _serve_until_a_deadline(self, waiting: trio.CancelScope) -> None:
@@ -153,15 +156,10 @@ class Hub:
                     return
                 if deadline < waiting.deadline:
                     waiting.deadline = deadline
-            events = epoll.poll(0, _MAX_EVENTS)
-            if not events:
+            if not self._serve_ready():
                 busy = 0
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 continue
-            for fd, mask in events:
-                handler = self._fd_handlers.get(fd)
-                if handler is not None:
-                    handler(mask)
             # Waiting above is a checkpoint already; only a run of busy passes needs an
             # explicit one, so other tasks (splices, control clients) are not starved.
             # Yielding after every pass cost two extra syscalls per request/response.
@@ -169,6 +167,16 @@ class Hub:
             if busy == _BUSY_PASSES:
                 busy = 0
                 await trio.lowlevel.checkpoint()
+
+    def _serve_ready(self) -> bool:
+        """One pass over the fds that are ready now; False if none was."""
+        events = self.epoll.poll(0, _MAX_EVENTS)
+        handlers = self._fd_handlers
+        for fd, mask in events:
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler(mask)
+        return bool(events)
 
     def add_fd(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
         """Watch another fd (listeners, control sockets) in the same epoll set."""

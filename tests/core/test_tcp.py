@@ -127,6 +127,19 @@ def test_window_advertised_is_socket_free_space_with_floor():
     assert ack[TCP].window == MIN_WINDOW >> OUR_WSCALE
 
 
+def test_window_reopens_on_writable_only_after_a_full_socket_not_after_the_syn_ack():
+    """A SYN-ACK's window is unscaled, so at most 64 KiB: not a sign of a full socket.
+    The first ACK carries the real window; an update of its own was a frame per connect."""
+    pb = Playbook()
+    assert not pb.eng.tcp.window_starved(pb.flow)
+    pb.send("A")
+    [send] = pb.send("PA", b"x" * 100)
+    pb.eng.tcp.sent(pb.flow, send.payloads, 100, free=10, now=1.0)  # the socket is full
+    assert pb.eng.tcp.window_starved(pb.flow)
+    [update] = frames_of(pb.eng.tcp.writable(pb.flow, free=1 << 20, now=1.1))
+    assert update[TCP].window << OUR_WSCALE >= (1 << 20) - (1 << OUR_WSCALE)
+
+
 def test_data_arriving_while_tail_held_joins_the_tail_in_order():
     pb = Playbook()
     pb.send("A")
