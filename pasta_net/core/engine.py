@@ -182,7 +182,7 @@ class Engine:
             self.ns_mac = src_mac
         if ethertype in (ETH_P_IP, ETH_P_IPV6):
             packet = parse_ip(ethertype, payload)
-            if _routable(packet.src):
+            if self._seen.get(packet.version) != packet.src and _routable(packet.src):
                 self._seen[packet.version] = packet.src
             if packet.proto == IPPROTO_TCP:
                 if self.config.tcp:

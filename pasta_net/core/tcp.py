@@ -181,6 +181,8 @@ class TcpTable:
         self.pool = [bytearray(65536 + 128) for _ in range(_POOL_SIZE)]
         self._pool_next = 0
         self._pending: list[tuple[memoryview, int]] = []
+        self._pending_bytes = 0
+        """The total size of the slots in ``_pending``."""
 
     def __len__(self) -> int:
         return len(self._by_flow)
@@ -603,6 +605,7 @@ class TcpTable:
             slots.append(view[hlen : hlen + n])
             self._pending.append((view, n))
             budget -= n
+        self._pending_bytes = sum(map(len, slots))
         return slots
 
     def data(self, flow: int, count: int, now: float) -> list[Action]:
@@ -616,7 +619,7 @@ class TcpTable:
         frames: list[memoryview] = []
         # Slots filled to the last byte: the socket may hold more than the window let us
         # take, and no new readiness edge will say so. Read again when the window opens.
-        conn.more_to_read = count >= sum(size for _, size in self._pending)
+        conn.more_to_read = count >= self._pending_bytes
         for view, size in self._pending:
             n = min(size, count)
             if n <= 0:

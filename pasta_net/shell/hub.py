@@ -114,6 +114,10 @@ class Hub:
         self.spare = SpareFd()
         """Lets listeners refuse connections when we are out of fds (shell/reserve.py)."""
         self._udp_listeners: dict[int, int] = {}
+        self.now: Callable[[], float] = trio.current_time
+        """The time on trio's clock; :meth:`run` binds the clock's own method, since
+        ``trio.current_time()`` is three calls deep and the hot path asks several times
+        per wake-up."""
         self._no_gso: set[int] = set()
         self._udp_diverts: dict[int, Callable[[bytes, tuple], bool]] = {}
         self._dispatch: dict[type, Callable] = {
@@ -129,6 +133,7 @@ class Hub:
 
     # ------------------------------------------------------------- the loop --
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.now = trio.lowlevel.current_clock().current_time
         task_status.started()
         while True:
             # One cancel scope serves every wait until its deadline fires. Entering a
@@ -141,18 +146,19 @@ class Hub:
             # What arrived by now goes first: after a late wake-up, an ACK waiting in the
             # tap must stop a retransmission before its timer fires.
             self._serve_ready()
-            self.execute(self.engine.handle_deadline(trio.current_time()))
+            self.execute(self.engine.handle_deadline(self.now()))
 
     async def _serve_until_a_deadline(self, waiting: trio.CancelScope) -> None:
         """Drain ready fds; between passes wait for our epoll fd, ``waiting`` cancelled no
         later than the engine's next deadline; return when that one is due."""
         epoll = self.epoll
         engine = self.engine
+        now = self.now
         busy = 0
         while True:
             deadline = engine.next_deadline()
             if deadline is not None:
-                if trio.current_time() >= deadline:
+                if now() >= deadline:
                     return
                 if deadline < waiting.deadline:
                     waiting.deadline = deadline
@@ -201,10 +207,6 @@ class Hub:
         dispatch = self._dispatch
         for action in actions:
             dispatch[type(action)](action)
-
-    @staticmethod
-    def now() -> float:
-        return trio.current_time()
 
     # ----------------------------------------------------------------- tap --
     def _tap_ready(self, _mask: int) -> None:
@@ -499,7 +501,7 @@ class Hub:
                 return
             # A short peek drained the socket. If the peer's FIN was already queued, its
             # readiness edge is spent: peek once more to see the end of the stream.
-            if count < sum(len(s) for s in slots) and flow not in self._peer_closed:
+            if count < sum(map(len, slots)) and flow not in self._peer_closed:
                 return
 
     def _tcp_send(self, action: TcpSend) -> None:
