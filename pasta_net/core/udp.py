@@ -63,7 +63,8 @@ IDLE_TIMEOUT = 180.0
 MAX_FLOWS = 1 << 17
 """Flows at once, each with its own socket when outbound (passt's flow table holds 128 Ki)."""
 GSO_SEGMENTS = 64
-"""Datagrams per GSO send: the kernel's ``UDP_MAX_SEGMENTS``, 64 since ``UDP_SEGMENT`` exists."""
+"""Datagrams per GSO send: ``UDP_MAX_SEGMENTS`` of Linux 4.18, which brought
+``UDP_SEGMENT``, so every kernel that has the option takes this many."""
 GSO_BYTES = 65535 - 60 - 8
 """UDP payload of one GSO send: its IP packet, before segmentation, has a 16-bit length."""
 
