@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,6 +15,20 @@ import trio
 from pasta_net import netns
 from pasta_net.shell.hub import Hub
 from tests.core.wire import engine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_python(prelude: str, body: str, prefix: Sequence[str] = ()) -> str:
+    """Run ``prelude`` (``{root}`` filled in with the checkout) and then ``body`` in a
+    child Python, started through ``prefix`` (e.g. ``unshare``): for a case that must
+    not disturb the test run (lowered limits, a namespace of its own). Its stdout; the
+    test fails with its stderr if it exits non-zero."""
+    code = prelude.format(root=str(ROOT)) + textwrap.dedent(body)
+    result = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True,
+                            text=True, timeout=60, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 class NoTap:

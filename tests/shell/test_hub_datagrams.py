@@ -8,12 +8,7 @@ the machine's own network is touched).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.shell.conftest import run_python
 
 _PRELUDE = """
 import os, socket, subprocess, sys
@@ -41,13 +36,7 @@ def received(count):
 
 
 def run_child(body: str) -> list[str]:
-    code = _PRELUDE.format(root=str(ROOT)) + textwrap.dedent(body)
-    result = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()
+    return run_python(_PRELUDE, body, ["unshare", "--user", "--map-root-user", "--net"]).split()
 
 
 def test_datagrams_of_one_flow_go_in_one_segmented_send_and_arrive_whole() -> None:

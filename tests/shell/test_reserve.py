@@ -6,12 +6,7 @@ it cannot disturb the test run itself.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.shell.conftest import run_python
 
 _PRELUDE = """
 import os, resource, socket, sys
@@ -29,11 +24,7 @@ def exhaust():
 
 
 def run_child(body: str) -> str:
-    code = _PRELUDE.format(root=str(ROOT)) + textwrap.dedent(body)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return run_python(_PRELUDE, body).strip()
 
 
 def test_spare_fd_refuses_a_connection_with_a_reset_and_is_taken_back() -> None:
