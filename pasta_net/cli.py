@@ -8,17 +8,24 @@ decides which options exist, so it is chosen before getopt runs, like argv[0].
 ``pasta-net ctl PATH ...`` is the control client (ctl.py); only under the name
 pasta-net, because ``pasta ctl`` must run a command named ctl, as pasta would.
 Usage errors exit 1, as glibc getopt does for pasta.
+
+Start-up order: ``main`` forks the netlink helper (:mod:`pasta_net.netlink`) before
+anything else loads, so that pyroute2 loads in the child on one core while we load
+options, attrs, trio and the engine on the other (this is why :func:`_run` imports what
+it needs itself). Both ends of start-up waited for pyroute2 before: about 50 ms.
+The garbage collector is off until we serve (``launch.serve_frames`` turns it back on):
+start-up makes no garbage cycles, and collecting while it creates a few hundred classes
+cost about 8% of its imports.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
 
-from pasta_net.core.portspec import EPHEMERAL_PORTS, PortRange, parse_ephemeral_range
-from pasta_net.netconf import NetlinkHelper
-from pasta_net.options import Action, Mode, UsageError, help_text, parse_args, version_text
+from pasta_net.netlink import NetlinkHelper
 
 __all__ = ["main"]
 
@@ -31,15 +38,6 @@ def program_name(argv0: str) -> tuple[str, bool]:
     return name, "passt" in name
 
 
-def ephemeral_ports() -> PortRange:
-    """The host's ephemeral port range, which "all other ports" specs leave out."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return parse_ephemeral_range(f.read())
-    except (OSError, ValueError):
-        return EPHEMERAL_PORTS
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     prog, passt = program_name(argv[0] if argv else "pasta-net")
@@ -50,6 +48,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ctl.main(args[1:])
     if args[:1] == ["--passt"]:
         passt, args = True, args[1:]
+    gc.disable()
+    netlink = NetlinkHelper.start()
+    try:
+        return _run(args, prog, passt, netlink)
+    finally:
+        netlink.close()  # done already, unless we did not get that far
+        gc.enable()
+
+
+def _run(args: list[str], prog: str, passt: bool, netlink: NetlinkHelper) -> int:
+    from pasta_net.options import (
+        Action,
+        Mode,
+        UsageError,
+        ephemeral_ports,
+        help_text,
+        parse_args,
+        version_text,
+    )
+
     try:
         options = parse_args(args, prog=prog, passt=passt, ephemeral=ephemeral_ports())
     except UsageError as exc:
@@ -61,9 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.action is Action.VERSION:
         sys.stdout.write(version_text(prog))
         return 0
-    # First, so that pyroute2 loads and the host is read in a child, on another core,
-    # while we import the runtime stack (not needed for --help/--version).
-    netlink = NetlinkHelper.start(options.host_query)
+    netlink.ask_host(*options.host_query)
     if options.mode is Mode.PASST:
         from pasta_net import passt as passt_mode
 

@@ -22,6 +22,7 @@ an error, whose text the child has already written to the shared stderr.
 from __future__ import annotations
 
 import fcntl
+import gc
 import ipaddress
 import logging
 import logging.handlers
@@ -35,12 +36,11 @@ import attrs
 import trio
 
 from pasta_net import netconf, netns, privileges, tun
-from pasta_net.cli import ephemeral_ports
 from pasta_net.core.engine import Engine, EngineConfig
 from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.core.udp import IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
-from pasta_net.options import IpConfig, Options, resolve_runas
+from pasta_net.options import IpConfig, Options, ephemeral_ports, resolve_runas
 from pasta_net.shell.control import Bound, ControlError, Controller, bind_control, serve_control
 from pasta_net.shell.follow import Follow, follow_host
 from pasta_net.shell.forwarding import Forwarding
@@ -91,13 +91,14 @@ _EXPECTED = (StartupError, netns.NetnsError, netconf.NetconfError, tun.TunError,
 def run(options: Options, prog: str, netlink: netconf.NetlinkHelper | None = None) -> int:
     """Run pasta mode as the options say; the process exit status.
 
-    ``netlink`` is the helper ``cli.main`` started early (a new one if None); it is
-    closed once the namespace is configured, or when we fail.
+    ``netlink`` is the helper ``cli.main`` started early and asked for the host (a new
+    one if None); it is closed once the namespace is configured, or when we fail.
     """
     own_process(options, netlink)
     setup_logging(options, prog)
     if netlink is None:
-        netlink = netconf.NetlinkHelper.start(options.host_query)
+        netlink = netconf.NetlinkHelper.start()
+        netlink.ask_host(*options.host_query)
     with netlink:
         if options.command or (options.pid is None and options.ns.netns is None):
             return _run_command(options, netlink)
@@ -240,6 +241,10 @@ def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
     if ns is not None:
         ns.call(privileges.lock_thread, keep)
     hub = Hub(Engine(config), device, pcap)
+    # Start-up is over (cli.main turned the collector off for it): what it made lives as
+    # long as we do, so later collections need not walk it again and again.
+    gc.freeze()
+    gc.enable()
     try:
         trio.run(serve, hub, gone, ready, _forwarder(options, control, ns, follow))
     finally:
@@ -287,7 +292,7 @@ def _follower(options: Options, ns_thread: netns.NetnsThread, ifname: str) -> Fo
 def read_host(options: Options, netlink: netconf.NetlinkHelper) -> netconf.HostConfig:
     """The host's interface, addresses and routes, which the guest's plan copies."""
     try:
-        return netlink.host()
+        return netconf.host_config(netlink)
     except netconf.NetconfError:
         if options.ip4.address is None and options.ip6.address is None:
             raise StartupError("External interface not usable") from None

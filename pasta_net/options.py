@@ -46,6 +46,7 @@ from pasta_net.core.portspec import (
     PortRange,
     PortSpec,
     PortSpecError,
+    parse_ephemeral_range,
     parse_port_spec,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "PortOptions",
     "RunAs",
     "UsageError",
+    "ephemeral_ports",
     "help_text",
     "parse_args",
     "resolve_runas",
@@ -850,6 +852,15 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 _IMMEDIATE = {"help": Action.HELP, "version": Action.VERSION}
+
+
+def ephemeral_ports() -> PortRange:
+    """The host's ephemeral port range, which "all other ports" specs leave out."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return parse_ephemeral_range(f.read())
+    except (OSError, ValueError):
+        return EPHEMERAL_PORTS
 
 
 def parse_args(

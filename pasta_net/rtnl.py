@@ -1,9 +1,10 @@
 """pyroute2 at work: the netlink requests behind :mod:`pasta_net.netconf`.
 
-This module is imported only in the helper child of :mod:`pasta_net.netconf`, so the
+This module is imported only in the helper child of :mod:`pasta_net.netlink`, so the
 long-running process never loads pyroute2 (about 12 MiB of resident memory and 0.2 s
-of imports). :func:`read_host` works in the child's own netns; the functions that
-change the namespace take a netlink socket (``fd``) opened in it by the parent.
+of imports), and, like that module, it loads nothing that imports attrs. :func:`read_host`
+works in the child's own netns; the functions that change the namespace take a netlink
+socket (``fd``) opened in it by the parent.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pasta_net.netconf import Addressing, HostConfig, NetconfError
+from pasta_net.netlink import NetconfError
 
 __all__ = ["configure_namespace", "read_host", "readdress_namespace"]
 
@@ -34,8 +35,9 @@ _IFA_F_TENTATIVE = 0x40
 _READY_TIMEOUT = 3.0
 
 
-def read_host(interface: str | None, want4: bool, want6: bool) -> HostConfig:
-    """Read ``interface`` (default: that of the first IPv4, else IPv6, default route)."""
+def read_host(interface: str | None, want4: bool, want6: bool) -> dict[str, object]:
+    """Read ``interface`` (default: that of the first IPv4, else IPv6, default route): the
+    fields of a :class:`pasta_net.netconf.HostConfig`."""
     with _doing("Failed to read host routes and addresses"), IPRoute() as ipr:
         routes4 = _default_nexthops(ipr, socket.AF_INET) if want4 else []
         routes6 = _default_nexthops(ipr, socket.AF_INET6) if want6 else []
@@ -44,17 +46,17 @@ def read_host(interface: str | None, want4: bool, want6: bool) -> HostConfig:
         addr4 = _first_address(ipr, index, socket.AF_INET) if want4 else None
         addr6 = _first_address(ipr, index, socket.AF_INET6, global_only=True) if want6 else None
     mac = link.get("address")
-    return HostConfig(
-        ifname=link.get("ifname"),
-        mac=bytes.fromhex(mac.replace(":", "")) if mac else None,
-        mtu=link.get("mtu"),
-        addr4=addr4[0] if addr4 else None,
-        prefix4=addr4[1] if addr4 else None,
-        gw4=_gateway_on(routes4, index),
-        addr6=addr6[0] if addr6 else None,
-        prefix6=addr6[1] if addr6 else None,
-        gw6=_gateway_on(routes6, index),
-    )
+    return {
+        "ifname": link.get("ifname"),
+        "mac": bytes.fromhex(mac.replace(":", "")) if mac else None,
+        "mtu": link.get("mtu"),
+        "addr4": addr4[0] if addr4 else None,
+        "prefix4": addr4[1] if addr4 else None,
+        "gw4": _gateway_on(routes4, index),
+        "addr6": addr6[0] if addr6 else None,
+        "prefix6": addr6[1] if addr6 else None,
+        "gw6": _gateway_on(routes6, index),
+    }
 
 
 def _default_nexthops(ipr: IPRoute, family: int) -> list[tuple[int, bytes | None]]:
@@ -137,6 +139,10 @@ def configure_namespace(
         _wait_ipv6_ready(ipr, index, ifname)
 
 
+Addressing = tuple[bytes | None, int, bytes | None]
+"""``(addr, prefix, gw)``: :class:`pasta_net.netconf.Addressing` as a plain tuple."""
+
+
 def readdress_namespace(fd: int, ifname: str, old: Addressing, new: Addressing) -> None:
     """Move one address family of ``ifname`` from ``old`` to ``new`` (``--follow-host``).
 
@@ -146,18 +152,19 @@ def readdress_namespace(fd: int, ifname: str, old: Addressing, new: Addressing) 
     default route is always installed again, with "replace" (idempotent). Addresses and
     routes that are already gone or already there are not errors.
     """
+    (old_addr, old_prefix, old_gw), (addr, prefix, gw) = old, new
     with IPRoute(fileno=fd) as ipr:
         index = _lookup(ipr, ifname)
-        if (old.addr, old.prefix) != (new.addr, new.prefix):
-            if old.addr is not None:
-                _del_address(ipr, index, ifname, old.addr, old.prefix)
-            if new.addr is not None:
-                flags = _IFA_F_NODAD if len(new.addr) == 16 else 0
-                _add_address(ipr, index, ifname, new.addr, new.prefix, flags=flags)
-        if new.addr is not None and new.gw is not None:
-            _add_default_route(ipr, index, new.gw, new.addr, new.prefix, command="replace")
-        elif old.gw is not None:
-            _del_default_route(ipr, index, old.gw)
+        if (old_addr, old_prefix) != (addr, prefix):
+            if old_addr is not None:
+                _del_address(ipr, index, ifname, old_addr, old_prefix)
+            if addr is not None:
+                flags = _IFA_F_NODAD if len(addr) == 16 else 0
+                _add_address(ipr, index, ifname, addr, prefix, flags=flags)
+        if addr is not None and gw is not None:
+            _add_default_route(ipr, index, gw, addr, prefix, command="replace")
+        elif old_gw is not None:
+            _del_default_route(ipr, index, old_gw)
 
 
 def _del_address(ipr: IPRoute, index: int, ifname: str, addr: bytes, prefix: int) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from pasta_net import netns
-from pasta_net.netconf import HostConfig, NetconfError, NetlinkHelper, read_host
+from pasta_net.netconf import HostConfig, NetconfError, NetlinkHelper, host_config, read_host
 from pasta_net.tun import Tap, open_tap
 
 NSENTER = "/usr/bin/nsenter"
@@ -194,16 +196,36 @@ def test_configure_unknown_interface(target: netns.Target, netlink: NetlinkHelpe
 # --- the helper process -----------------------------------------------------------------
 
 
-def test_helper_reads_the_host_at_once_and_is_reaped(fake_host: int,
-                                                     target: netns.Target) -> None:
+def test_helper_reads_the_host_and_is_reaped(fake_host: int, target: netns.Target) -> None:
     with netns.in_netns(target):
-        helper = NetlinkHelper.start(("up0", True, False))
+        helper = NetlinkHelper.start()
     pid = helper._pid
-    assert helper.host().addr4 == ip("198.51.100.2")
+    helper.ask_host("up0", True, False)
+    assert host_config(helper).addr4 == ip("198.51.100.2")
     helper.close()
     helper.close()  # again: nothing left to do
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_closing_at_once_does_not_wait_for_pyroute2() -> None:
+    """``--help`` and usage errors close the helper while it still loads pyroute2."""
+    started = time.monotonic()
+    helper = NetlinkHelper.start()
+    pid = helper._pid
+    helper.close()
+    assert time.monotonic() - started < 0.1  # pyroute2 alone takes 0.2 s to load
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_helper_side_never_loads_attrs() -> None:
+    """The helper forks before attrs loads and must not need it (pasta_net.netlink)."""
+    code = ("import sys, pasta_net.netlink, pasta_net.rtnl; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('attr', 'attrs')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_a_dead_helper_is_an_error_not_a_hang(target: netns.Target, tap: Tap) -> None:
