@@ -4,7 +4,7 @@ Why a child: pyroute2 costs about 12 MiB of resident memory and 0.2 s of imports
 than trio); the long-running process never loads it. Why this module imports neither
 attrs nor anything of ours that does: ``cli.main`` forks the helper before it loads
 anything else, so the child starts on pyroute2 at once, on the other core, while the
-parent loads the rest (about 0.1 s of it attrs); the child never needs attrs. Its
+parent loads the rest (attrs alone takes 40 ms here); the child never needs attrs. Its
 answers are therefore plain values (a dict for the host, tuples for addressing), which
 :mod:`pasta_net.netconf` turns into its records.
 
@@ -87,9 +87,9 @@ class NetlinkHelper:
         """End the helper, if we forked it (after a daemonising fork it is the
         parent's), and reap it. Closing again does nothing.
 
-        Every request has had its answer by now, so the child holds nothing worth
-        finishing: it is killed, not asked, which also ends one still loading pyroute2
-        (``--help``, a usage error) without waiting for it. ``shutdown`` first ends the
+        Nothing the child may still be doing is wanted any more (loading pyroute2 after
+        ``--help`` or a usage error, reading a host nobody will take after a failure):
+        it is killed, not asked to exit, so that we never wait for it. ``shutdown`` first ends the
         socket for every process holding a copy of our end (a child forked since, like
         the spawned command before its ``exec``).
         """

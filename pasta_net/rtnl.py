@@ -123,10 +123,11 @@ def configure_namespace(
     with IPRoute(fileno=fd) as ipr:
         index = _lookup(ipr, ifname)
         with _doing(f"Failed to set up {ifname}"):
+            # One request: the kernel sets the address and MTU before it brings the link up.
+            link = {"mtu": mtu, "state": "up"}
             if mac is not None:
-                ipr.link("set", index=index, address=_mac_text(mac))
-            ipr.link("set", index=index, mtu=mtu)
-            ipr.link("set", index=index, state="up")
+                link["address"] = _mac_text(mac)
+            ipr.link("set", index=index, **link)
             ipr.link("set", index=_lookup(ipr, "lo"), state="up")
         if addr4 is not None:
             _add_address(ipr, index, ifname, addr4, prefix4, flags=0)
