@@ -12,7 +12,8 @@ Usage errors exit 1, as glibc getopt does for pasta.
 Start-up order: ``main`` forks the netlink helper (:mod:`pasta_net.netlink`) before
 anything else loads, so that pyroute2 loads in the child on one core while we load
 options, attrs, trio and the engine on the other (this is why :func:`_run` imports what
-it needs itself). Both ends of start-up waited for pyroute2 before: about 50 ms.
+it needs itself). Forked after the options had loaded, the helper finished about 50 ms
+after our imports, and we waited for it.
 The garbage collector is off until we serve (``launch.serve_frames`` turns it back on):
 start-up makes no garbage cycles, and collecting while it creates a few hundred classes
 cost about 8% of its imports.
