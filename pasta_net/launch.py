@@ -290,13 +290,16 @@ def _follower(options: Options, ns_thread: netns.NetnsThread, ifname: str) -> Fo
 
 
 def read_host(options: Options, netlink: netconf.NetlinkHelper) -> netconf.HostConfig:
-    """The host's interface, addresses and routes, which the guest's plan copies."""
+    """The host's interface, addresses and routes, which the guest's plan copies; with
+    no usable one, :data:`netconf.LOCAL_MODE` (as pasta since 2024: an offline host
+    must not keep a container from starting), unless ``-i`` named the interface."""
     try:
         return netconf.host_config(netlink)
-    except netconf.NetconfError:
-        if options.ip4.address is None and options.ip6.address is None:
-            raise StartupError("External interface not usable") from None
-        return netconf.HostConfig(ifname=options.interface or "tap0", mac=None, mtu=1500)
+    except netconf.NetconfError as exc:
+        if options.interface is not None:
+            raise StartupError(f"External interface not usable: {exc}") from None
+        log.info("No external interface as template, switch to local mode")
+        return netconf.LOCAL_MODE
 
 
 def _configure(options: Options, netlink: netconf.NetlinkHelper, ifname: str,
@@ -446,8 +449,9 @@ def address_map(options: Options, plan: AddressPlan, host: netconf.HostConfig) -
     forward += _dns_match(resolvers, loopback, forward)
     dns4 = _packed(options.ip4.dns_host) or next((r for r in resolvers if len(r) == 4), None)
     dns6 = _packed(options.ip6.dns_host) or next((r for r in resolvers if len(r) == 16), None)
-    return AddressMap(host_loopback=loopback, guest_addr=guest, host_addr4=host.addr4,
-                      host_addr6=host.addr6, dns_forward=forward, dns_host4=dns4,
+    own4, own6 = (None, None) if host.local else (host.addr4, host.addr6)
+    return AddressMap(host_loopback=loopback, guest_addr=guest, host_addr4=own4,
+                      host_addr6=own6, dns_forward=forward, dns_host4=dns4,
                       dns_host6=dns6)
 
 

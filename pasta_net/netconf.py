@@ -20,6 +20,7 @@ import attrs
 from pasta_net.netlink import NetconfError, NetlinkHelper
 
 __all__ = [
+    "LOCAL_MODE",
     "Addressing",
     "HostConfig",
     "NetconfError",
@@ -49,6 +50,23 @@ class HostConfig:
     prefix6: int | None = None
     gw6: bytes | None = None
     """Often link-local (``fe80::1``): the namespace then routes via the same address."""
+    local: bool = False
+    """No host interface to copy (see :data:`LOCAL_MODE`): the addresses above are not
+    the host's own."""
+
+
+LOCAL_MODE = HostConfig(
+    ifname="tap0", mac=None, mtu=65520, local=True,
+    addr4=ipaddress.IPv4Address("169.254.2.1").packed, prefix4=16,
+    gw4=ipaddress.IPv4Address("169.254.2.2").packed,
+)
+"""What the namespace copies when the host has no usable interface (offline, no default
+route): pasta's "local mode" addresses, link-local, so they clash with nothing. The
+namespace then reaches the host's loopback at the gateway address (unless
+``--no-map-gw``), forwarded ports work, and connections elsewhere go out through host
+sockets as soon as the host has a route. IPv6 gets nothing: with no host route and no
+global address there is nothing for the namespace to use that its own link-local
+address does not already give it."""
 
 
 @attrs.frozen

@@ -134,3 +134,42 @@ def test_explicit_dns_forward_keeps_the_gateway_plain(resolv_conf: Path) -> None
     mapping = configure("--dns-forward", "169.254.1.1")[1]
     assert mapping.outbound(packed("169.254.1.1"), 53) == ("127.0.0.53", 53)
     assert mapping.outbound(packed("198.51.100.1"), 53) == ("127.0.0.1", 53)
+
+
+# --------------------------------------------------------------- local mode --
+class OfflineHost:
+    """The netlink helper's answer on a host without a usable default route."""
+
+    def host(self) -> dict[str, object]:
+        raise netconf.NetconfError("No interfaces with usable default routes")
+
+
+def offline(*argv: str) -> tuple[AddressPlan, AddressMap]:
+    options = parse_args(argv)
+    host = launch.read_host(options, OfflineHost())  # type: ignore[arg-type]
+    plan = launch.address_plan(options, host)
+    return plan, launch.address_map(options, plan, host)
+
+
+def test_offline_host_gives_pastas_local_mode() -> None:
+    """169.254.2.1/16 via 169.254.2.2, which leads to the host's loopback; no IPv6, and
+    no "host's own address" to map to (the local address is not the host's)."""
+    plan, mapping = offline("--map-guest-addr", "169.254.1.2")
+    assert (plan.addr4, plan.prefix4, plan.gw4) == (packed("169.254.2.1"), 16,
+                                                    packed("169.254.2.2"))
+    assert (plan.addr6, plan.gw6) == (None, None)
+    assert mapping.outbound(packed("169.254.2.2"), 8080) == ("127.0.0.1", 8080)
+    assert mapping.outbound(packed("169.254.1.2"), 8080) == ("169.254.1.2", 8080)
+    assert mapping.apparent_source("127.0.0.1") == packed("169.254.2.2")
+    assert (mapping.host_addr4, mapping.host_addr6) == (None, None)
+
+
+def test_offline_host_keeps_given_addresses() -> None:
+    """podman's custom-network argv (-a, -n, -g) on an offline host: the options win."""
+    plan = offline("-a", "10.0.2.100", "-n", "24", "-g", "10.0.2.2")[0]
+    assert (plan.addr4, plan.prefix4, plan.gw4) == (packed("10.0.2.100"), 24, packed("10.0.2.2"))
+
+
+def test_offline_named_interface_is_an_error() -> None:
+    with pytest.raises(launch.StartupError, match="External interface not usable: No interf"):
+        offline("-i", "eth0")
