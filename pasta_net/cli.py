@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pasta_net.netlink import NetlinkHelper
+from pasta_net.netlink import NetconfError, NetlinkHelper
 
 __all__ = ["main"]
 
@@ -50,7 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["--passt"]:
         passt, args = True, args[1:]
     gc.disable()
-    netlink = NetlinkHelper.start()
+    try:
+        netlink = NetlinkHelper.start()
+    except NetconfError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return 1
     try:
         return _run(args, prog, passt, netlink)
     finally:

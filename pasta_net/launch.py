@@ -171,7 +171,11 @@ def _run_command(options: Options, netlink: netconf.NetlinkHelper) -> int:
     except StartupError as exc:
         log.error("%s", exc)
         return 1
-    spawned = netns.spawn_in_new_namespace(argv)
+    try:
+        spawned = netns.spawn_in_new_namespace(argv)
+    except netns.NetnsError as exc:  # e.g. no unprivileged user namespaces here
+        log.error("%s", exc)
+        return 1
     status: list[int] = []
 
     def ready() -> None:
@@ -246,10 +250,32 @@ def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
     gc.freeze()
     gc.enable()
     try:
-        trio.run(serve, hub, gone, ready, _forwarder(options, control, ns, follow))
+        run_trio(serve, hub, gone, ready, _forwarder(options, control, ns, follow))
     finally:
         if pcap is not None:
             pcap.close()
+
+
+def run_trio(main: Callable[..., Awaitable[object]], *args: object) -> None:
+    """``trio.run``, raising the one error a nursery wrapped as that error itself.
+
+    trio ≥ 0.25 wraps whatever fails in a nursery in an ``ExceptionGroup`` (0.22 did
+    not): a port already taken must still read "pasta-net: Failed to bind port ...",
+    not a traceback. Strict groups are asked for on every version, so this is the one
+    behaviour whatever trio is installed; several errors at once stay a group.
+    """
+    try:
+        trio.run(main, *args, strict_exception_groups=True)
+    except BaseExceptionGroup as group:
+        errors = _leaves(group)
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    return [leaf for exc in group.exceptions
+            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
 
 
 def _forwarder(options: Options, control: Bound, ns: netns.NetnsThread | None,
@@ -292,14 +318,15 @@ def _follower(options: Options, ns_thread: netns.NetnsThread, ifname: str) -> Fo
 def read_host(options: Options, netlink: netconf.NetlinkHelper) -> netconf.HostConfig:
     """The host's interface, addresses and routes, which the guest's plan copies; with
     no usable one, :data:`netconf.LOCAL_MODE` (as pasta since 2024: an offline host
-    must not keep a container from starting), unless ``-i`` named the interface."""
+    must not keep a container from starting). Any other failure is an error: an online
+    host put in local mode by a fault would be worse than a message."""
     try:
         return netconf.host_config(netlink)
-    except netconf.NetconfError as exc:
-        if options.interface is not None:
-            raise StartupError(f"External interface not usable: {exc}") from None
+    except netconf.NoDefaultRoute:
         log.info("No external interface as template, switch to local mode")
         return netconf.LOCAL_MODE
+    except netconf.NetconfError as exc:
+        raise StartupError(f"External interface not usable: {exc}") from None
 
 
 def _configure(options: Options, netlink: netconf.NetlinkHelper, ifname: str,

@@ -17,7 +17,7 @@ import ipaddress
 
 import attrs
 
-from pasta_net.netlink import NetconfError, NetlinkHelper
+from pasta_net.netlink import NetconfError, NetlinkHelper, NoDefaultRoute
 
 __all__ = [
     "LOCAL_MODE",
@@ -25,6 +25,7 @@ __all__ = [
     "HostConfig",
     "NetconfError",
     "NetlinkHelper",
+    "NoDefaultRoute",
     "host_config",
     "parse_resolv_conf",
     "read_host",

@@ -24,7 +24,7 @@ import signal
 import socket
 from collections.abc import Callable
 
-__all__ = ["NetconfError", "NetlinkHelper"]
+__all__ = ["NetconfError", "NetlinkHelper", "NoDefaultRoute"]
 
 _MAX_MESSAGE = 1 << 16
 """Bound of one pickled request or outcome."""
@@ -32,6 +32,11 @@ _MAX_MESSAGE = 1 << 16
 
 class NetconfError(Exception):
     """A netlink request failed; the message says which step and why."""
+
+
+class NoDefaultRoute(NetconfError):
+    """The host has no default route to take an interface from: offline, or not yet
+    online. The one failure to read the host that is not an error (local mode)."""
 
 
 class NetlinkHelper:
@@ -46,8 +51,16 @@ class NetlinkHelper:
     @classmethod
     def start(cls) -> NetlinkHelper:
         """Fork the helper from the calling thread; it loads pyroute2 at once."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:  # EMFILE
+            raise NetconfError(f"Cannot start the netlink helper: {exc.strerror}") from None
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN: out of processes (RLIMIT_NPROC)
+            ours.close()
+            theirs.close()
+            raise NetconfError(f"Cannot start the netlink helper: {exc.strerror}") from None
         if pid == 0:
             ours.close()
             try:
@@ -167,10 +180,11 @@ def _run(function: Callable[..., object], *args: object, **kwargs: object) -> by
 def _disable_dad(ifname: str) -> None:
     """Before the link goes up, so its link-local address skips DAD too: nobody else is
     on this link, and DAD would delay the namespace's first IPv6 packet by two seconds.
-    The knob is missing when IPv6 is off (``ipv6.disable=1``): nothing to wait for then.
+    The knob is missing when IPv6 is off (``ipv6.disable=1``), and read-only where
+    /proc/sys is (a container nested in another): DAD then runs, which costs time only.
     """
     with (
-        contextlib.suppress(FileNotFoundError),
+        contextlib.suppress(OSError),
         open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad", "w") as knob,
     ):
         knob.write("0")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pasta_net.netlink import NetconfError
+from pasta_net.netlink import NetconfError, NoDefaultRoute
 
 __all__ = ["configure_namespace", "read_host", "readdress_namespace"]
 
@@ -67,6 +67,8 @@ def _default_nexthops(ipr: IPRoute, family: int) -> list[tuple[int, bytes | None
         if route["type"] != _RTN_UNICAST:
             continue
         for hop in route.get("multipath") or [route]:
+            if hop.get("oif") is None:  # via a nexthop object (RTA_NH_ID): not resolved
+                continue
             gateway = hop.get("gateway")
             hops.append((hop.get("oif"), _pack(gateway) if gateway else None))
     return hops
@@ -81,7 +83,7 @@ def _pick_interface(
             raise NetconfError(f"No such interface: {interface}")
         return int(found[0])
     if not hops:
-        raise NetconfError("No interfaces with usable default routes")
+        raise NoDefaultRoute("No interfaces with usable default routes")
     return int(hops[0][0])
 
 

@@ -137,16 +137,23 @@ def test_explicit_dns_forward_keeps_the_gateway_plain(resolv_conf: Path) -> None
 
 
 # --------------------------------------------------------------- local mode --
-class OfflineHost:
-    """The netlink helper's answer on a host without a usable default route."""
+class FailingHelper:
+    """The netlink helper's answer when the host cannot be read."""
+
+    def __init__(self, error: netconf.NetconfError) -> None:
+        self.error = error
 
     def host(self) -> dict[str, object]:
-        raise netconf.NetconfError("No interfaces with usable default routes")
+        raise self.error
 
 
-def offline(*argv: str) -> tuple[AddressPlan, AddressMap]:
+NO_ROUTE = netconf.NoDefaultRoute("No interfaces with usable default routes")
+
+
+def offline(*argv: str, error: netconf.NetconfError = NO_ROUTE
+            ) -> tuple[AddressPlan, AddressMap]:
     options = parse_args(argv)
-    host = launch.read_host(options, OfflineHost())  # type: ignore[arg-type]
+    host = launch.read_host(options, FailingHelper(error))  # type: ignore[arg-type]
     plan = launch.address_plan(options, host)
     return plan, launch.address_map(options, plan, host)
 
@@ -170,6 +177,12 @@ def test_offline_host_keeps_given_addresses() -> None:
     assert (plan.addr4, plan.prefix4, plan.gw4) == (packed("10.0.2.100"), 24, packed("10.0.2.2"))
 
 
-def test_offline_named_interface_is_an_error() -> None:
-    with pytest.raises(launch.StartupError, match="External interface not usable: No interf"):
-        offline("-i", "eth0")
+@pytest.mark.parametrize("error", [
+    netconf.NetconfError("No such interface: eth0"),
+    netconf.NetconfError("netlink helper died before read_host"),
+])
+def test_other_failures_to_read_the_host_are_errors(error: netconf.NetconfError) -> None:
+    """Only "no default route" means local mode: a fault must not put an online host
+    there."""
+    with pytest.raises(launch.StartupError, match=f"External interface not usable: {error}"):
+        offline("-i", "eth0", error=error)

@@ -36,7 +36,7 @@ import trio
 from pasta_net.core.engine import Engine
 from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
-from pasta_net.netconf import Addressing, HostConfig, NetconfError
+from pasta_net.netconf import Addressing, HostConfig, NetconfError, NoDefaultRoute
 
 __all__ = ["SETTLE", "Follow", "follow_host"]
 
@@ -68,6 +68,9 @@ async def follow_host(follow: Follow, engine: Engine,
     """Watch the host until cancelled; started once the netlink socket is subscribed."""
     with _monitor() as sock:
         task_status.started()
+        # What changed between our start-up read and the subscription (the network
+        # coming up while we started, local mode's case) sends no notification now.
+        await _update(follow, engine)
         while True:
             await trio.lowlevel.wait_readable(sock)
             await trio.sleep(SETTLE)
@@ -101,8 +104,11 @@ def _drain(sock: socket.socket) -> None:
 async def _update(follow: Follow, engine: Engine) -> None:
     try:
         host = await trio.to_thread.run_sync(follow.read_host)
-    except NetconfError as exc:
+    except NoDefaultRoute as exc:
         log.debug("host not usable now (%s); waiting for the next change", exc)
+        return
+    except NetconfError as exc:
+        log.warning("cannot read the host: %s; waiting for the next change", exc)
         return
     old = engine.plan
     plan, mapping = follow.replan(host, old)

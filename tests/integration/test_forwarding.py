@@ -324,6 +324,7 @@ def test_bind_conflict_is_an_error_with_pasta_wording(pasta_net, container) -> N
     assert result.returncode == 1
     assert (f"Failed to bind port {PORT} (Address already in use) for option "
             f"'-t {PORT}-{PORT}:80-80', exiting") in result.stderr
+    assert "Traceback" not in result.stderr, "trio's ExceptionGroup must not show"
     assert not any(a.ifname != "lo" for a in container.addresses()), "nothing left behind"
 
 

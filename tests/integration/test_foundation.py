@@ -149,6 +149,20 @@ def test_bad_input_gets_a_message_and_exit_1(
     assert "Traceback" not in result.stderr
 
 
+def test_no_user_namespaces_for_the_command_is_a_clear_error(
+    pasta_net: sandbox.ProgramRunner,
+) -> None:
+    """As on hosts that forbid unprivileged user namespaces (a sysctl, or AppArmor's
+    restriction): the command cannot be spawned, and we say so in one line."""
+    script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh",
+         *pasta_net.command, *CONFIG_NET, "--", "true"],
+        capture_output=True, text=True, timeout=30, env=sandbox.program_env())
+    assert result.returncode == 1
+    assert result.stderr.startswith("pasta-net: ") and "Traceback" not in result.stderr
+
+
 def test_missing_tun_device_is_a_clear_error(
     pasta_net: sandbox.ProgramRunner, container: sandbox.Container, tmp_path: Path
 ) -> None:

@@ -1,0 +1,65 @@
+"""``follow_host`` without namespaces: what it does with the host reads it is given.
+
+The netlink subscription is real (a NETLINK_ROUTE socket needs no privilege); the host
+reads and the engine are stand-ins that record what following did to them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import attrs
+import pytest
+import trio
+
+from pasta_net.core.mapping import AddressMap
+from pasta_net.core.plan import AddressPlan
+from pasta_net.netconf import LOCAL_MODE, HostConfig, NetconfError, NoDefaultRoute
+from pasta_net.shell.follow import Follow, follow_host
+
+ONLINE = HostConfig(ifname="up0", mac=None, mtu=1500, addr4=bytes([198, 51, 100, 2]),
+                    prefix4=24, gw4=bytes([198, 51, 100, 1]))
+
+
+def plan_for(host: HostConfig) -> AddressPlan:
+    return AddressPlan(our_mac=b"\x9a\x55\x9a\x55\x9a\x55", addr4=host.addr4,
+                       prefix4=host.prefix4 or 24, gw4=host.gw4)
+
+
+@attrs.define
+class RecordingEngine:
+    plan: AddressPlan
+    config: SimpleNamespace = attrs.field(factory=lambda: SimpleNamespace(mapping=None))
+    replans: list[AddressPlan] = attrs.field(factory=list)
+
+    def replan(self, plan: AddressPlan, mapping: AddressMap, now: float) -> None:
+        self.plan = plan
+        self.config.mapping = mapping
+        self.replans.append(plan)
+
+
+async def follow_for_a_moment(read_host: Callable[[], HostConfig]) -> RecordingEngine:
+    engine = RecordingEngine(plan_for(LOCAL_MODE))
+    follow = Follow(read_host=read_host,
+                    replan=lambda host, old: (plan_for(host), AddressMap()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(follow_host, follow, engine)
+        await trio.sleep(0.5)  # no netlink notification comes in a test's own namespace
+        nursery.cancel_scope.cancel()
+    return engine
+
+
+async def test_a_change_before_the_subscription_is_seen_at_once() -> None:
+    """The network came up while we started (we began in local mode): no notification
+    will say so, so following reads the host once when it starts."""
+    engine = await follow_for_a_moment(lambda: ONLINE)
+    assert engine.replans == [plan_for(ONLINE)]
+
+
+@pytest.mark.parametrize("error", [NoDefaultRoute("offline"), NetconfError("helper died")])
+async def test_an_unreadable_host_changes_nothing(error: NetconfError) -> None:
+    def read_host() -> HostConfig:
+        raise error
+
+    engine = await follow_for_a_moment(read_host)
+    assert engine.replans == []
