@@ -309,7 +309,11 @@ def _follower(options: Options, ns_thread: netns.NetnsThread, ifname: str) -> Fo
         return plan, address_map(options, plan, host)
 
     def reconfigure(old: netconf.Addressing, new: netconf.Addressing) -> None:
-        ns_thread.call(netconf.readdress_namespace, ifname, old, new)
+        # Only the socket is made in the netns thread: the one-off helper's 0.2 s of
+        # pyroute2 runs here, in follow's worker thread, not in the thread that
+        # splicing and auto-forward scans wait for.
+        with ns_thread.call(netconf.route_socket) as nl:
+            netconf.readdress_namespace(nl, ifname, old, new)
 
     return Follow(lambda: netconf.read_host(*options.host_query), replan,
                   reconfigure if options.ns.config_net else None)

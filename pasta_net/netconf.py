@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 
 import attrs
 
-from pasta_net.netlink import NetconfError, NetlinkHelper, NoDefaultRoute
+from pasta_net.netlink import NetconfError, NetlinkHelper, NoDefaultRoute, route_socket
 
 __all__ = [
     "LOCAL_MODE",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_resolv_conf",
     "read_host",
     "readdress_namespace",
+    "route_socket",
 ]
 
 _MAXNS = 3
@@ -92,11 +94,13 @@ def read_host(interface: str | None, want4: bool, want6: bool) -> HostConfig:
         return host_config(helper)
 
 
-def readdress_namespace(ifname: str, old: Addressing, new: Addressing) -> None:
-    """Move one address family of ``ifname`` in the calling thread's netns from ``old``
-    to ``new``, through a one-off helper (``--follow-host``)."""
+def readdress_namespace(nl: socket.socket, ifname: str, old: Addressing,
+                        new: Addressing) -> None:
+    """Move one address family of ``ifname`` from ``old`` to ``new`` in the netns of
+    ``nl`` (a :func:`~pasta_net.netlink.route_socket`), through a one-off helper
+    (``--follow-host``)."""
     with NetlinkHelper.start() as helper:
-        helper.readdress(ifname, attrs.astuple(old), attrs.astuple(new))
+        helper.readdress(nl, ifname, attrs.astuple(old), attrs.astuple(new))
 
 
 def parse_resolv_conf(

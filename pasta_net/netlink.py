@@ -24,7 +24,7 @@ import signal
 import socket
 from collections.abc import Callable
 
-__all__ = ["NetconfError", "NetlinkHelper", "NoDefaultRoute"]
+__all__ = ["NetconfError", "NetlinkHelper", "NoDefaultRoute", "route_socket"]
 
 _MAX_MESSAGE = 1 << 16
 """Bound of one pickled request or outcome."""
@@ -86,12 +86,14 @@ class NetlinkHelper:
         """Bring ``ifname`` of the calling thread's netns up with addresses and default
         routes (see :func:`rtnl.configure_namespace`)."""
         _disable_dad(ifname)  # /proc/sys/net shows the calling thread's netns, not the child's
-        self._request("configure_namespace", ifname, **settings)
+        with route_socket() as nl:
+            self._request("configure_namespace", nl, ifname, **settings)
 
-    def readdress(self, ifname: str, old: tuple, new: tuple) -> None:
-        """Move one address family of ``ifname`` in the calling thread's netns from
-        ``old`` to ``new``, each ``(addr, prefix, gw)`` (``--follow-host``)."""
-        self._request("readdress_namespace", ifname, old, new)
+    def readdress(self, nl: socket.socket, ifname: str, old: tuple, new: tuple) -> None:
+        """Move one address family of ``ifname`` from ``old`` to ``new``, each
+        ``(addr, prefix, gw)`` (``--follow-host``), in the netns where ``nl`` (a
+        :func:`route_socket`) was opened: any thread may wait for this one."""
+        self._request("readdress_namespace", nl, ifname, old, new)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -122,11 +124,9 @@ class NetlinkHelper:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, name: str, *args: object, **kwargs: object) -> object:
-        """Ask the child, with a netlink socket of the calling thread's netns."""
-        # SOCK_DGRAM: pyroute2 (asyncio) wants a datagram socket; netlink takes either
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE) as nl:
-            self._send(name, args, kwargs, nl.fileno())
+    def _request(self, name: str, nl: socket.socket, *args: object, **kwargs: object) -> object:
+        """Ask the child to work in the netns of ``nl``, which it gets a copy of."""
+        self._send(name, args, kwargs, nl.fileno())
         return self._outcome(name)
 
     def _send(self, name: str, args: tuple, kwargs: dict, fd: int | None = None) -> None:
@@ -150,6 +150,13 @@ class NetlinkHelper:
         if not ok:
             raise value
         return value
+
+
+def route_socket() -> socket.socket:
+    """A netlink socket of the calling thread's netns: a netlink socket talks to the
+    netns it was opened in, whichever process uses it."""
+    # SOCK_DGRAM: pyroute2 (asyncio) wants a datagram socket; netlink takes either
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
 
 
 def _helper_main(sock: socket.socket) -> None:

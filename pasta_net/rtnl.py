@@ -163,7 +163,7 @@ def readdress_namespace(fd: int, ifname: str, old: Addressing, new: Addressing) 
                 _del_address(ipr, index, ifname, old_addr, old_prefix)
             if addr is not None:
                 flags = _IFA_F_NODAD if len(addr) == 16 else 0
-                _add_address(ipr, index, ifname, addr, prefix, flags=flags)
+                _add_address(ipr, index, ifname, addr, prefix, flags=flags, exist_ok=True)
         if addr is not None and gw is not None:
             _add_default_route(ipr, index, gw, addr, prefix, command="replace")
         elif old_gw is not None:
@@ -199,11 +199,16 @@ def _lookup(ipr: IPRoute, ifname: str) -> int:
 
 
 def _add_address(
-    ipr: IPRoute, index: int, ifname: str, addr: bytes, prefix: int, flags: int
+    ipr: IPRoute, index: int, ifname: str, addr: bytes, prefix: int, flags: int,
+    exist_ok: bool = False,
 ) -> None:
     text = _text(addr)
     with _doing(f"Failed to add address {text}/{prefix} to {ifname}"):
-        ipr.addr("add", index=index, address=text, prefixlen=prefix, flags=flags)
+        try:
+            ipr.addr("add", index=index, address=text, prefixlen=prefix, flags=flags)
+        except NetlinkError as exc:
+            if not (exist_ok and exc.code == errno.EEXIST):
+                raise
 
 
 def _add_default_route(ipr: IPRoute, index: int, gw: bytes, addr: bytes, prefix: int,

@@ -66,16 +66,19 @@ class Follow:
 async def follow_host(follow: Follow, engine: Engine,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Watch the host until cancelled; started once the netlink socket is subscribed."""
+    # What the namespace interface has, per family. The engine takes a new plan at once;
+    # a move of the interface that failed is tried again at the next update.
+    applied = [_v4(engine.plan), _v6(engine.plan)]
     with _monitor() as sock:
         task_status.started()
         # What changed between our start-up read and the subscription (the network
         # coming up while we started, local mode's case) sends no notification now.
-        await _update(follow, engine)
+        await _update(follow, engine, applied)
         while True:
             await trio.lowlevel.wait_readable(sock)
             await trio.sleep(SETTLE)
             _drain(sock)
-            await _update(follow, engine)
+            await _update(follow, engine, applied)
 
 
 def _monitor() -> socket.socket:
@@ -101,7 +104,7 @@ def _drain(sock: socket.socket) -> None:
                 raise
 
 
-async def _update(follow: Follow, engine: Engine) -> None:
+async def _update(follow: Follow, engine: Engine, applied: list[Addressing]) -> None:
     try:
         host = await trio.to_thread.run_sync(follow.read_host)
     except NoDefaultRoute as exc:
@@ -110,20 +113,20 @@ async def _update(follow: Follow, engine: Engine) -> None:
     except NetconfError as exc:
         log.warning("cannot read the host: %s; waiting for the next change", exc)
         return
-    old = engine.plan
-    plan, mapping = follow.replan(host, old)
-    if plan == old and mapping == engine.config.mapping:
-        return
-    engine.replan(plan, mapping, trio.current_time())
-    log.info("host changed: namespace now %s", _describe(plan))
+    plan, mapping = follow.replan(host, engine.plan)
+    if plan != engine.plan or mapping != engine.config.mapping:
+        engine.replan(plan, mapping, trio.current_time())
+        log.info("host changed: namespace now %s", _describe(plan))
     if follow.reconfigure is None:
         return
-    for before, after in ((_v4(old), _v4(plan)), (_v6(old), _v6(plan))):
-        if before != after:
+    for family, wanted in enumerate((_v4(plan), _v6(plan))):
+        if applied[family] != wanted:
             try:
-                await trio.to_thread.run_sync(follow.reconfigure, before, after)
+                await trio.to_thread.run_sync(follow.reconfigure, applied[family], wanted)
             except NetconfError as exc:
                 log.warning("cannot follow the host in the namespace: %s", exc)
+            else:
+                applied[family] = wanted
 
 
 def _v4(plan: AddressPlan) -> Addressing:

@@ -14,8 +14,8 @@ import trio
 
 from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
-from pasta_net.netconf import LOCAL_MODE, HostConfig, NetconfError, NoDefaultRoute
-from pasta_net.shell.follow import Follow, follow_host
+from pasta_net.netconf import LOCAL_MODE, Addressing, HostConfig, NetconfError, NoDefaultRoute
+from pasta_net.shell.follow import Follow, _update, follow_host
 
 ONLINE = HostConfig(ifname="up0", mac=None, mtu=1500, addr4=bytes([198, 51, 100, 2]),
                     prefix4=24, gw4=bytes([198, 51, 100, 1]))
@@ -63,3 +63,28 @@ async def test_an_unreadable_host_changes_nothing(error: NetconfError) -> None:
 
     engine = await follow_for_a_moment(read_host)
     assert engine.replans == []
+
+
+async def test_a_failed_move_of_the_namespace_is_tried_again() -> None:
+    """The engine takes the new plan at once; the interface, whose move failed, is moved
+    at the next update, from the addressing it still has."""
+    engine = RecordingEngine(plan_for(LOCAL_MODE))
+    moves: list[tuple[Addressing, Addressing]] = []
+
+    def reconfigure(old: Addressing, new: Addressing) -> None:
+        moves.append((old, new))
+        if len(moves) == 1:
+            raise NetconfError("Failed to add address 198.51.100.2/24 to tap0: busy")
+
+    follow = Follow(read_host=lambda: ONLINE, reconfigure=reconfigure,
+                    replan=lambda host, old: (plan_for(host), AddressMap()))
+    local = Addressing(LOCAL_MODE.addr4, 16, LOCAL_MODE.gw4)
+    online = Addressing(ONLINE.addr4, 24, ONLINE.gw4)
+    applied = [local, Addressing(None, 64, None)]
+    await _update(follow, engine, applied)
+    assert engine.replans == [plan_for(ONLINE)] and applied[0] == local
+    await _update(follow, engine, applied)
+    assert engine.replans == [plan_for(ONLINE)], "the engine had it already"
+    assert moves == [(local, online), (local, online)] and applied[0] == online
+    await _update(follow, engine, applied)
+    assert len(moves) == 2, "nothing left to do"

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 import pytest
 
 from pasta_net import netns
-from pasta_net.netconf import HostConfig, NetconfError, NetlinkHelper, host_config, read_host
+from pasta_net.netconf import (
+    HostConfig,
+    NetconfError,
+    NetlinkHelper,
+    NoDefaultRoute,
+    host_config,
+    read_host,
+    route_socket,
+)
 from pasta_net.tun import Tap, open_tap
 
 NSENTER = "/usr/bin/nsenter"
@@ -126,7 +134,8 @@ def test_read_host_multipath_takes_the_first_nexthop(
 
 
 def test_read_host_without_default_route(target: netns.Target) -> None:
-    with netns.in_netns(target), pytest.raises(NetconfError, match="No interfaces with usable"):
+    """The one failure that means local mode, not an error (launch.read_host)."""
+    with netns.in_netns(target), pytest.raises(NoDefaultRoute, match="No interfaces with usable"):
         read_host(None, want4=True, want6=True)
 
 
@@ -187,6 +196,24 @@ def test_configure_reports_the_failing_step(target: netns.Target, tap: Tap,
             NetconfError, match=r"add address 198\.51\.100\.2/24 to pasta0: File exists"
         ):
             netlink.configure("pasta0", mac=None, mtu=1500, addr4=ip("198.51.100.2"))
+
+
+def test_readdress_from_local_mode_and_again(holder: subprocess.Popen[str],
+                                             target: netns.Target, tap: Tap,
+                                             netlink: NetlinkHelper) -> None:
+    """--follow-host leaving local mode; the same move again (a retry after a move that
+    failed half-way) finds the old address gone and the new one there, and succeeds."""
+    local = (ip("169.254.2.1"), 16, ip("169.254.2.2"))
+    host = (ip("198.51.100.2"), 24, ip("198.51.100.1"))
+    with netns.in_netns(target):
+        netlink.configure("pasta0", mac=None, mtu=1500, addr4=local[0], prefix4=16,
+                          gw4=local[2])
+        with route_socket() as nl:
+            netlink.readdress(nl, "pasta0", local, host)
+            netlink.readdress(nl, "pasta0", local, host)
+    addrs = ns_run(holder.pid, "ip -4 addr show dev pasta0")
+    assert "inet 198.51.100.2/24" in addrs and "169.254.2.1" not in addrs
+    assert "default via 198.51.100.1 dev pasta0" in ns_run(holder.pid, "ip -4 route")
 
 
 def test_configure_unknown_interface(target: netns.Target, netlink: NetlinkHelper) -> None:
