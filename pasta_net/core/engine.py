@@ -324,7 +324,10 @@ class Engine:
         actions: list[Action] = []
         for key in self.timers.pop_due(now):
             kind, *rest = key if isinstance(key, tuple) else (key,)
-            self._deadline_handlers[kind](self, rest, now, actions)
+            try:
+                self._deadline_handlers[kind](self, rest, now, actions)
+            except Exception:  # one flow's fault must not end every other flow
+                self._internal_error(f"{kind} deadline")
         return actions
 
     def _ping_expired(self, rest: list, now: float, actions: list[Action]) -> None:

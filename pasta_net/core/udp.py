@@ -218,8 +218,14 @@ class UdpTable:
         if peer is None:
             return None
         ns_addr = engine.ns_address(4 if len(peer) == 4 else 6)
-        if ns_addr is None or len(self._by_key) >= MAX_FLOWS:
+        if ns_addr is None:
             return None
+        # The namespace may have a flow with this client already, from its own port
+        # ns_port (peers that both start, as WireGuard's do): that one carries it too,
+        # rather than a second flow under the same key.
+        existing = self._by_key.get((ns_addr, ns_port, peer, client[1]))
+        if existing is not None or len(self._by_key) >= MAX_FLOWS:
+            return existing
         flow = UdpFlow(
             engine.new_flow_id(),
             4 if len(peer) == 4 else 6,

@@ -378,3 +378,34 @@ def test_listener_error_reaches_the_clients_flow() -> None:
     unknown: list = []
     eng.udp.listener_error(LISTENER, (REMOTE4, 44444), errno.ECONNREFUSED, unknown)
     assert unknown == []
+
+
+def test_client_the_namespace_already_talks_to_shares_that_flow() -> None:
+    """WireGuard-style peers, both on port 51820 with ``-u 51820``: the namespace's own
+    flow to the client also carries what the client sends to the listener. Two flows
+    under one key made the second expiry fail, and that took every flow down."""
+    eng = engine()
+    [opened] = [a for a in eng.receive_frames(
+        [datagram(b"handshake", sport=5301, dport=33333)], now=0.0) if isinstance(a, OpenSocket)]
+    [frame] = inbound(eng, (REMOTE4, 33333), b"handshake too", now=1.0)
+    assert (frame[IP].src, frame[UDP].sport, frame[UDP].dport) == (REMOTE4, 33333, 5301)
+    assert len(eng.udp) == 1
+    assert eng.handle_deadline(TIMEOUT + 2) == [CloseSocket(opened.flow)]
+    assert len(eng.udp) == 0 and eng.drops["internal-error"] == 0
+
+
+def test_a_failing_deadline_is_dropped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One flow's timer fault must not end the others: the hub would die with it."""
+    eng = engine()
+    eng.receive_frames([datagram(sport=40001)], now=0.0)
+    eng.receive_frames([datagram(sport=40002)], now=0.0)
+    calls = []
+
+    def deadline(flow_id: int, now: float, actions: list) -> None:
+        calls.append(flow_id)
+        if len(calls) == 1:
+            raise KeyError(flow_id)
+
+    monkeypatch.setattr(eng.udp, "deadline", deadline)
+    eng.handle_deadline(TIMEOUT)
+    assert len(calls) == 2 and eng.drops["internal-error"] == 1
