@@ -121,6 +121,13 @@ def seq_sub(a: int, b: int) -> int:
     return ((a - b + _HALF) % _MOD) - _HALF
 
 
+def _quiet_limit(conn: TcpConn) -> float:
+    """How long ``conn`` may go without progress. Half-closed, it still carries data the
+    other way, and Linux keeps such a socket as long as its application holds it: only
+    once both sides have closed is it :data:`FIN_TIMEOUT` (a last ACK that got lost)."""
+    return FIN_TIMEOUT if conn.ns_fin and conn.fin_sent else IDLE_TIMEOUT
+
+
 @attrs.define(eq=False, slots=True)
 class TcpConn:
     flow: int
@@ -281,12 +288,18 @@ class TcpTable:
     def _syn_in_connection(
         self, conn: TcpConn, seg: Segment, now: float, actions: list[Action]
     ) -> bool:
-        """SYN-ACK to our SYN (inbound), or a retransmitted SYN; True if an ACK is due."""
+        """SYN-ACK to our SYN (inbound), or a retransmitted SYN or SYN-ACK (ours to it, or
+        our ACK of its, was lost); True if an ACK is due."""
         if not conn.inbound:
-            if conn.established and not seg.flags & ACK and conn.seq_to_ns == conn.syn_ack_seq:
+            same_syn = (seg.seq + 1) % _MOD == conn.seq_from_ns
+            if conn.established and not seg.flags & ACK and same_syn:
                 actions.append(SendFrames([self._syn_ack(conn)]))
+                if conn.seq_to_ns != conn.syn_ack_seq:
+                    self._rewind(conn, actions)  # a server that spoke first: again, after
             return False
-        if conn.inbound and not conn.established and seg.flags & ACK:
+        if conn.established:
+            return bool(seg.flags & ACK)  # its SYN-ACK again: our ACK was lost
+        if seg.flags & ACK:
             if seg.ack != conn.seq_to_ns:
                 self._reset_stray_ack(conn, seg, actions)
                 return False
@@ -346,9 +359,10 @@ class TcpTable:
     def _learn_syn(self, conn: TcpConn, seg: Segment) -> None:
         default_mss = 536 if conn.version == 4 else 1220
         conn.mss = max(64, seg.mss or default_mss)
-        if seg.wscale is not None:
-            conn.ws_from_ns = seg.wscale
-            conn.ws_to_ns = OUR_WSCALE
+        # Both sides scale, or neither does (RFC 7323 §1.3): our offer in an inbound SYN
+        # is void when the namespace's SYN-ACK carries no scale of its own.
+        conn.ws_from_ns = seg.wscale or 0
+        conn.ws_to_ns = OUR_WSCALE if seg.wscale is not None else 0
         conn.wnd_from_ns = seg.window  # never scaled in a SYN (RFC 7323 §2.2)
 
     def _ack(self, conn: TcpConn, seg: Segment, now: float, actions: list[Action]) -> bool:
@@ -395,7 +409,10 @@ class TcpTable:
             return True  # duplicate ACK: lets the sender fast-retransmit
         if offset > 0:
             if offset >= len(data) + (1 if seg.flags & FIN else 0):
-                return bool(data) or bool(seg.flags & FIN)  # retransmission or keepalive
+                # All old: a retransmission, a keepalive or a zero-window probe (no data,
+                # one below what we expect). Each gets an ACK (RFC 9293 §3.10.7.4), or
+                # the namespace's keepalive gives up and resets an idle connection.
+                return True
             data = data[offset:] if offset < len(data) else data[len(data) :]
         if conn.ns_fin:
             return bool(data)
@@ -429,6 +446,8 @@ class TcpTable:
         if conn is None:
             return []
         conn.free = free if free >= 0 else max(0, conn.free - accepted)
+        if accepted:
+            conn.last_progress = now  # an upload is progress as much as a download
         actions: list[Action] = []
         self._keep_refused(conn, payloads, accepted)
         if conn.ns_fin and not conn.tail and not conn.sock_shut:
@@ -461,6 +480,8 @@ class TcpTable:
             return []
         del conn.tail[:accepted]
         conn.free = free
+        if accepted:
+            conn.last_progress = now
         actions: list[Action] = []
         if conn.ns_fin and not conn.tail and not conn.sock_shut:
             self._shutdown(conn, actions)
@@ -690,9 +711,7 @@ class TcpTable:
             conn.rto = min(conn.rto * 2, RTO_MAX)
             self._schedule(conn, now + conn.rto)
             return
-        if now - conn.last_progress >= (
-            FIN_TIMEOUT if conn.ns_fin or conn.fin_sent else IDLE_TIMEOUT
-        ):
+        if now - conn.last_progress >= _quiet_limit(conn):
             self.failed(flow, 0, now, actions)
             return
         self._arm(conn, now)
@@ -701,10 +720,8 @@ class TcpTable:
         in_flight = seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns)
         if in_flight > 0 or conn.wnd_from_ns == 0:
             self._schedule(conn, now + conn.rto)
-        elif conn.ns_fin or conn.fin_sent:
-            self._schedule(conn, conn.last_progress + FIN_TIMEOUT)
         else:
-            self._schedule(conn, conn.last_progress + IDLE_TIMEOUT)
+            self._schedule(conn, conn.last_progress + _quiet_limit(conn))
 
     def _schedule(self, conn: TcpConn, when: float) -> None:
         self.engine.timers.schedule(("tcp", conn.flow), when)

@@ -325,3 +325,76 @@ def test_inbound_connection_goes_to_the_address_the_namespace_uses():
     assert syn[IPv6].dst == slaac
     [syn4] = frames_of(eng.tcp.accepted(eng.new_flow_id(), ("192.0.2.9", 5), 80, now=0.1))
     assert syn4[IP].dst == NS4  # nothing seen yet over IPv4: the planned address
+
+
+# ----------------------------------------- found by review: liveness and handshakes --
+def test_keepalive_and_zero_window_probes_from_the_namespace_are_acked():
+    """Linux probes with no data and one below what we expect (Go does every 15 s by
+    default); unanswered, the namespace resets the idle connection after 9 probes."""
+    pb = Playbook()
+    pb.send("A")
+    [ack] = frames_of(pb.eng.receive_frames([seg("A", pb.seq - 1, pb.ack)], now=20.0))
+    assert ack[TCP].flags == "A" and ack[TCP].ack == pb.seq
+
+
+def test_an_upload_keeps_a_half_closed_connection_alive():
+    """The peer closed its side; the namespace goes on sending for 3 minutes (more than
+    the 60 s that fit a connection closed both ways): nothing is reset."""
+    pb = Playbook()
+    pb.send("A")
+    pb.eng.tcp.eof(pb.flow, now=1.0)  # the peer's FIN: ours goes to the namespace
+    pb.ack += 1
+    for second in range(2, 180):
+        [send] = pb.send("PA", b"x" * 100, now=float(second))
+        actions = pb.eng.tcp.sent(pb.flow, send.payloads, 100, -1, now=float(second))
+        actions += pb.eng.handle_deadline(float(second) + 0.5)
+        assert not any(f[TCP].flags & 0x04 for f in frames_of(actions)), f"reset at {second}"
+
+
+def test_a_half_close_from_the_namespace_waits_for_a_slow_answer():
+    """``shutdown(SHUT_WR)`` then a 5-minute wait for the reply, as a batch job's client
+    does: Linux keeps such a socket; so do we (60 s is for both sides closed)."""
+    pb = Playbook()
+    pb.send("A")
+    pb.send("FA", now=2.0)
+    assert frames_of(pb.eng.handle_deadline(300.0)) == []
+    [frame] = frames_of(pb.peer_sends(b"the answer", now=300.0))
+    assert bytes(frame[TCP].payload) == b"the answer"
+
+
+def test_window_is_not_scaled_when_the_namespace_does_not_scale():
+    """Our inbound SYN offers a scale; a SYN-ACK without one means neither side scales
+    (RFC 7323): windows in our ACKs are then plain bytes, not 1/512 of them."""
+    eng = engine()
+    [syn] = frames_of(eng.tcp.accepted(7, ("192.0.2.50", 51000), 8080, now=0.0))
+    synack = wire(Ether(src=NS_MAC, dst=OUR_MAC) / IP(src=NS4, dst="192.0.2.50")
+                  / TCP(sport=8080, dport=51000, flags="SA", seq=5000, ack=syn[TCP].seq + 1,
+                        window=60000, options=[("MSS", 1460)]))
+    [ack] = frames_of(eng.receive_frames([synack], now=0.1))
+    assert ack[TCP].window >= 4096, "unscaled: at least a few KiB"
+
+
+def test_a_lost_ack_of_the_namespaces_syn_ack_is_sent_again():
+    eng = engine()
+    [syn] = frames_of(eng.tcp.accepted(7, ("192.0.2.50", 51000), 8080, now=0.0))
+    synack = wire(Ether(src=NS_MAC, dst=OUR_MAC) / IP(src=NS4, dst="192.0.2.50")
+                  / TCP(sport=8080, dport=51000, flags="SA", seq=5000, ack=syn[TCP].seq + 1,
+                        window=60000, options=[("MSS", 1460), ("WScale", 7)]))
+    eng.receive_frames([synack], now=0.1)
+    [again] = frames_of(eng.receive_frames([synack], now=1.1))  # its retransmission
+    assert again[TCP].flags == "A" and again[TCP].ack == 5001
+
+
+def test_a_lost_syn_ack_is_sent_again_after_a_server_that_spoke_first():
+    """Our SYN-ACK was lost and the host's server sent its banner (SMTP, MySQL) at once:
+    the namespace's SYN again gets the SYN-ACK, then the banner again from its start."""
+    pb = Playbook()
+    [banner] = frames_of(pb.peer_sends(b"220 ready\r\n", now=0.02))
+    assert bytes(banner[TCP].payload) == b"220 ready\r\n"
+    actions = pb.eng.receive_frames([seg("S", CLIENT_ISN, options=[("MSS", 1460),
+                                                                   ("WScale", 7)])], now=1.0)
+    [synack] = frames_of(actions)
+    assert synack[TCP].flags == "SA" and synack[TCP].seq == pb.isn
+    assert TcpRead(pb.flow, rewind=True) in actions
+    [again] = frames_of(pb.peer_sends(b"220 ready\r\n", now=1.0))
+    assert again[TCP].seq == pb.isn + 1 and bytes(again[TCP].payload) == b"220 ready\r\n"
