@@ -45,7 +45,7 @@ from pasta_net.shell.control import Bound, ControlError, Controller, bind_contro
 from pasta_net.shell.follow import Follow, follow_host
 from pasta_net.shell.forwarding import Forwarding
 from pasta_net.shell.forwards import ForwardTable
-from pasta_net.shell.hub import Hub
+from pasta_net.shell.hub import Hub, peek_offset_works
 from pasta_net.shell.listeners import ListenError
 from pasta_net.shell.pcap import PcapWriter
 from pasta_net.shell.run import serve
@@ -74,6 +74,8 @@ RESOLV_CONF_ENV = "PASTA_NET_RESOLV_CONF"
 """Names the file read instead of :data:`RESOLV_CONF`."""
 UDP_TIMEOUT_ENV = "PASTA_NET_UDP_TIMEOUT"
 """UDP flow idle timeout in seconds, instead of pasta's 180."""
+NO_PEEK_OFFSET_ENV = "PASTA_NET_NO_PEEK_OFFSET"
+"""Set (to anything): peek TCP data as on kernels before 6.9, without ``SO_PEEK_OFF``."""
 _READY = b"r"
 _SIOCGIFHWADDR = 0x8927
 _DEFAULT_MAC = bytes.fromhex("9a559a559a55")
@@ -244,7 +246,7 @@ def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
     privileges.lock_thread(keep)
     if ns is not None:
         ns.call(privileges.lock_thread, keep)
-    hub = Hub(Engine(config), device, pcap)
+    hub = Hub(Engine(config), device, pcap, peek_offset=_peek_offset())
     # Start-up is over (cli.main turned the collector off for it): what it made lives as
     # long as we do, so later collections need not walk it again and again.
     gc.freeze()
@@ -415,6 +417,14 @@ def engine_config(options: Options, plan: AddressPlan, host: netconf.HostConfig,
         ndp=not options.no_ndp, ra=not options.no_ra,
         mapping=address_map(options, plan, host), udp_timeout=_udp_timeout(),
     )
+
+
+def _peek_offset() -> bool:
+    """Whether the hub may use ``SO_PEEK_OFF`` on TCP sockets (shell/hub.py)."""
+    if os.environ.get(NO_PEEK_OFFSET_ENV) or not peek_offset_works():
+        log.debug("TCP sockets without SO_PEEK_OFF (Linux < 6.9): peeking from the head")
+        return False
+    return True
 
 
 def _udp_timeout() -> float:

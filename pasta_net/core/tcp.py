@@ -6,7 +6,9 @@ The host kernel socket is the real TCP endpoint; towards the namespace we keep o
 sequence numbers, windows and timers (no reassembly, no send buffer of our own).
 
 Host → namespace: data is *peeked* from the socket (``MSG_PEEK`` with ``SO_PEEK_OFF``,
-so each peek continues where the last stopped) straight into frame slots of
+so each peek continues where the last stopped; kernels before 6.9 have no
+``SO_PEEK_OFF`` on TCP, and the shell then peeks past :meth:`TcpTable.unacked` bytes
+into a scratch buffer instead) straight into frame slots of
 :attr:`TcpTable.pool`, and is dropped from the socket (:class:`TcpDiscard`) only when
 the namespace acknowledges it. The socket's receive queue *is* our retransmission
 buffer: on a timeout or three duplicate ACKs we rewind the peek offset to 0 and send
@@ -602,6 +604,15 @@ class TcpTable:
                            self._syn_options(conn))
 
     # --------------------------------------------------- host → namespace data --
+    def unacked(self, flow: int) -> int:
+        """Bytes peeked and sent to the namespace but not acknowledged yet: the head of
+        the socket's receive queue, which the next peek must skip."""
+        conn = self._by_flow.get(flow)
+        if conn is None:
+            return 0
+        fin = 1 if conn.fin_sent and not conn.fin_acked else 0
+        return seq_sub(conn.seq_to_ns, conn.seq_acked_by_ns) - fin
+
     def read_slots(self, flow: int) -> list[memoryview]:
         """Payload slots to peek into now, sized by the namespace's free window."""
         conn = self._by_flow.get(flow)

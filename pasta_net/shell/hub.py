@@ -14,6 +14,14 @@ next ``EPOLLOUT`` edge, which the refusal itself arms. Datagram sockets are cons
 they are read, so they are level-triggered instead: each wake-up reads a bounded batch
 per socket, and a socket with more waiting is simply reported again.
 
+Kernels before 6.9 have no ``SO_PEEK_OFF`` on TCP sockets (:func:`peek_offset_works`
+says which kind this is): each peek then starts at the head of the socket's queue, and
+the bytes the namespace has not acknowledged yet (:meth:`TcpTable.unacked`) go into a
+scratch buffer ahead of the frame slots, as passt does there. That copies the unacked
+data again at every peek, and the end of the stream shows only once all of it is
+acknowledged and discarded, so a discard on a closed stream peeks once more, after the
+tap batch (whose ACKs the engine has all taken before the first discard runs).
+
 Rule for the executor (as mitmproxy's server loop): it is synchronous. Actions run in
 order; results fed back to the engine return more actions, which run at once
 (depth-first), because they may refer to buffers that the next read reuses.
@@ -52,7 +60,7 @@ from pasta_net.shell.pcap import PcapWriter
 from pasta_net.shell.reserve import SpareFd
 from pasta_net.shell.tap import FrameDevice
 
-__all__ = ["Hub", "Traffic"]
+__all__ = ["Hub", "Traffic", "peek_offset_works"]
 
 log = logging.getLogger("pasta_net.hub")
 
@@ -96,20 +104,26 @@ class Traffic:
 class Hub:
     """Owns the tap and the host sockets of one engine; runs until cancelled."""
 
-    def __init__(self, engine: Engine, tap: FrameDevice, pcap: PcapWriter | None = None) -> None:
+    def __init__(self, engine: Engine, tap: FrameDevice, pcap: PcapWriter | None = None,
+                 peek_offset: bool = True) -> None:
         self.engine = engine
         self.tap = tap
         self.pcap = pcap
+        self.peek_offset = peek_offset
+        """TCP sockets take ``SO_PEEK_OFF`` (:func:`peek_offset_works`)."""
         self.traffic = Traffic()
         self.epoll = select.epoll()
         self.epoll.register(tap.fd, select.EPOLLIN)
         self.sockets: dict[int, socket.socket] = {}
         self._connecting: set[int] = set()
         self._peer_closed: set[int] = set()
+        self._peek_after_batch: set[int] = set()
         self._fd_handlers: dict[int, Callable[[int], None]] = {tap.fd: self._tap_ready}
         self._fd_flow: dict[int, int] = {}
-        # An anonymous mapping never touched by MSG_TRUNC reads: costs no memory.
+        # An anonymous mapping never touched by MSG_TRUNC reads: costs no memory. Without
+        # SO_PEEK_OFF, peeks skip unacknowledged bytes into it (then it is resident).
         self._discard = mmap.mmap(-1, _DISCARD_CHUNK)
+        self._scratch = memoryview(self._discard)
         self._ping_warned = False
         self.spare = SpareFd()
         """Lets listeners refuse connections when we are out of fds (shell/reserve.py)."""
@@ -219,6 +233,8 @@ class Hub:
             for frame in frames:
                 self.pcap.write(frame, vnet=False)
         self.execute(self.engine.receive_frames(frames, self.now()))
+        while self._peek_after_batch:
+            self._tcp_read(TcpRead(self._peek_after_batch.pop()))
 
     def _send_frames(self, action: SendFrames) -> None:
         self.tap.write_batch(action.frames)
@@ -260,7 +276,8 @@ class Hub:
         self.execute(self.engine.open_failed(action.flow, exc.errno or 0, self.now()))
 
     def _open_tcp(self, sock: socket.socket, action: OpenSocket) -> None:
-        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        if self.peek_offset:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(action.remote)
         if err not in (0, errno.EINPROGRESS):
@@ -286,7 +303,8 @@ class Hub:
         """Take over a socket the listeners accepted (already connected)."""
         sock.setblocking(False)
         if kind is SocketKind.TCP:
-            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            if self.peek_offset:
+                sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sockets[flow] = sock
         self._fd_flow[sock.fileno()] = flow
@@ -483,21 +501,28 @@ class Hub:
         if sock is None or flow in self._connecting:
             return
         tcp = self.engine.tcp
-        if action.rewind:
+        if action.rewind and self.peek_offset:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         while True:
             slots = tcp.read_slots(flow)
             if not slots:
                 return
+            skip = 0 if self.peek_offset else tcp.unacked(flow)
             try:
-                count = sock.recvmsg_into(slots, 0, socket.MSG_PEEK)[0]
+                if skip:
+                    count = sock.recvmsg_into(self._skipping(skip) + slots, 0,
+                                              socket.MSG_PEEK)[0] - skip
+                else:
+                    count = sock.recvmsg_into(slots, 0, socket.MSG_PEEK)[0]
             except BlockingIOError:
                 return
             except OSError as exc:
                 self.execute(self.engine.socket_failed(flow, exc.errno or 0, self.now()))
                 return
-            if count == 0:
+            if count == 0 and not skip:
                 self.execute(tcp.eof(flow, self.now()))
+                return
+            if count <= 0:  # only what the namespace has already: nothing new yet
                 return
             self.execute(tcp.data(flow, count, self.now()))
             if flow not in self.sockets:
@@ -506,6 +531,12 @@ class Hub:
             # readiness edge is spent: peek once more to see the end of the stream.
             if count < sum(map(len, slots)) and flow not in self._peer_closed:
                 return
+
+    def _skipping(self, count: int) -> list[memoryview]:
+        """Scratch buffers for ``count`` bytes of a peek (no SO_PEEK_OFF): the same
+        mapping as often as needed, since what lands there is never read."""
+        whole, rest = divmod(count, _DISCARD_CHUNK)
+        return [self._scratch] * whole + ([self._scratch[:rest]] if rest else [])
 
     def _tcp_send(self, action: TcpSend) -> None:
         sock = self.sockets.get(action.flow)
@@ -546,6 +577,12 @@ class Hub:
             if got == 0:
                 return
             remaining -= got
+        if not self.peek_offset and action.flow in self._peer_closed:
+            # The end of the stream shows to a peek from the head only once everything
+            # before it is gone: this discard may have been the last of it. Peek after
+            # the batch, not now: the engine has taken every ACK of the batch already,
+            # and a peek now would skip what the discards still to run will remove.
+            self._peek_after_batch.add(action.flow)
 
     def _tcp_shutdown(self, action: TcpShutdown) -> None:
         sock = self.sockets.get(action.flow)
@@ -570,3 +607,13 @@ _OPENERS: dict[SocketKind, Callable[[Hub, socket.socket, OpenSocket], None]] = {
     SocketKind.UDP: Hub._open_dgram,
     SocketKind.PING: Hub._open_dgram,
 }
+
+
+def peek_offset_works() -> bool:
+    """Whether TCP sockets take ``SO_PEEK_OFF`` (Linux 6.9 and later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+        except OSError:
+            return False
+    return True

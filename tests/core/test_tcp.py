@@ -398,3 +398,18 @@ def test_a_lost_syn_ack_is_sent_again_after_a_server_that_spoke_first():
     assert TcpRead(pb.flow, rewind=True) in actions
     [again] = frames_of(pb.peer_sends(b"220 ready\r\n", now=1.0))
     assert again[TCP].seq == pb.isn + 1 and bytes(again[TCP].payload) == b"220 ready\r\n"
+
+
+def test_unacked_is_what_a_peek_from_the_head_must_skip():
+    """Kernels before 6.9 have no SO_PEEK_OFF on TCP: the hub peeks from the head of the
+    socket's queue and skips what the namespace has but has not acknowledged."""
+    pb = Playbook()
+    pb.send("A")
+    assert pb.eng.tcp.unacked(pb.flow) == 0
+    pb.peer_sends(b"x" * 3000)
+    assert pb.eng.tcp.unacked(pb.flow) == 3000
+    pb.ack += 1000
+    pb.send("A")
+    assert pb.eng.tcp.unacked(pb.flow) == 2000
+    pb.eng.tcp.eof(pb.flow, now=1.0)  # the peer's FIN: ours is sent, it is no byte
+    assert pb.eng.tcp.unacked(pb.flow) == 2000

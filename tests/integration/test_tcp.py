@@ -50,7 +50,17 @@ def start(pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
     container.wait_for_address(HOST_V6)
 
 
+@pytest.fixture(params=["6.9+", "before-6.9"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Peeking with SO_PEEK_OFF, or as on kernels before 6.9, whose TCP sockets lack it
+    (Debian 12's 6.1, Ubuntu 22.04's 5.15): the program reads the switch at start."""
+    if request.param == "before-6.9":
+        monkeypatch.setenv("PASTA_NET_NO_PEEK_OFFSET", "1")
+    return request.param
+
+
 @families
+@pytest.mark.usefixtures("kernel")
 def test_256_mib_each_way_outbound(pasta_net, container, remote, host) -> None:
     start(pasta_net, container)
     up = transfer(container, "upload", remote, servers.SINK_PORT, BIG)
@@ -60,6 +70,7 @@ def test_256_mib_each_way_outbound(pasta_net, container, remote, host) -> None:
 
 
 @families
+@pytest.mark.usefixtures("kernel")
 def test_256_mib_each_way_through_inbound_forward(pasta_net, container, topology, remote,
                                                    host) -> None:
     start(pasta_net, container, f"{FORWARDED}", f"{FORWARDED + 1}")
@@ -83,6 +94,7 @@ def test_inbound_forward_keeps_client_address_and_remaps_port(pasta_net, contain
     echo.wait(10)
 
 
+@pytest.mark.usefixtures("kernel")
 def test_200_concurrent_connections_random_sizes_both_directions(pasta_net, container) -> None:
     start(pasta_net, container)
     result = transfer(container, "many", REMOTE_V4, servers.SINK_PORT, servers.SOURCE_PORT,
@@ -90,6 +102,7 @@ def test_200_concurrent_connections_random_sizes_both_directions(pasta_net, cont
     assert result["connections"] == 200 and result["mismatches"] == 0
 
 
+@pytest.mark.usefixtures("kernel")
 def test_half_close_namespace_still_receives_after_its_fin(pasta_net, container) -> None:
     """upload() shuts its write side, then reads the sink's reply on the same connection."""
     start(pasta_net, container)
@@ -97,6 +110,7 @@ def test_half_close_namespace_still_receives_after_its_fin(pasta_net, container)
     assert up["peer_sha"] == up["sent_sha"]
 
 
+@pytest.mark.usefixtures("kernel")
 def test_reset_from_remote_reaches_namespace(pasta_net, container, topology,
                                              remote_servers) -> None:
     start(pasta_net, container)
@@ -112,6 +126,7 @@ def test_reset_from_namespace_reaches_remote_client(pasta_net, container, topolo
     assert result["outcome"] in ("ConnectionResetError", "BrokenPipeError")
 
 
+@pytest.mark.usefixtures("kernel")
 def test_server_that_never_reads_does_not_stall_other_flows(pasta_net, container, topology,
                                                             remote_servers) -> None:
     start(pasta_net, container)
