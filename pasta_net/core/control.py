@@ -198,13 +198,17 @@ def hostfwd_json(forward: Forward, ns_addr4: bytes | None,
 
 # ------------------------------------------------------------------ checks --
 def check_new_forward(option: str, spec: PortSpec, existing: Iterable[Forward]) -> None:
-    """What the command line refuses in a forwarding option, given the ones before it."""
+    """What the command line refuses in a forwarding option, given the ones before it,
+    but for one thing: a fixed forward may overlap an ``auto`` one (pasta mode's default
+    when no -t/-u/-T/-U is given, which would refuse every add), and takes its ports
+    over; ``auto`` then mirrors the rest."""
     if spec.mode is PortMode.NONE:
         raise RequestError(f"'{spec.text}' forwards nothing")
     if spec.prefix is not None and option in ("-T", "-U"):
         raise RequestError(f"Listening address not allowed for {option} {spec.text}")
     for other in existing:
-        if other.option == option and spec.overlap(other.spec):
+        one_auto = (spec.mode is PortMode.AUTO) != (other.spec.mode is PortMode.AUTO)
+        if other.option == option and not one_auto and spec.overlap(other.spec):
             raise RequestError(f"Overlapping port specifier '{spec.text}' for {option}: "
                                f"ports also forwarded by '{option} {other.spec.text}' "
                                f"(id {other.id})")

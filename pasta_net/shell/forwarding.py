@@ -223,10 +223,13 @@ class Forwarding:
         """Set up one spec of option ``name``; returns what undoes it (a binder, as
         shell/forwards.py's table wants). Raises ListenError for a port that cannot be bound."""
         kind = _KINDS[name]
+        fixed = frozenset(p for f in spec.forwards if not f.auto for p in f.ports())
+        mirrors = self._mirrors[name]
+        for port in fixed & mirrors.keys():  # a fixed forward takes a mirrored port over
+            self._close_listeners(mirrors.pop(port))
         listeners = bind_forwards(self.hub, [spec], kind, name, self._want4, self._want6,
                                   self._bindings[name])
-        entry = _Entry(spec, listeners, tuple(f for f in spec.forwards if f.auto),
-                       frozenset(p for f in spec.forwards if not f.auto for p in f.ports()))
+        entry = _Entry(spec, listeners, tuple(f for f in spec.forwards if f.auto), fixed)
         self._entries[name].append(entry)
         return lambda: self._unbind(name, entry)
 
@@ -275,7 +278,9 @@ class Forwarding:
 
     def _sync(self, name: str, bound: set[int]) -> None:
         forwards = [f for entry in self._entries[name] for f in entry.auto]
-        wanted = mirrored_ports(forwards, bound)
+        fixed = {p for entry in self._entries[name] for p in entry.fixed_ports}
+        wanted = {port: forward for port, forward in mirrored_ports(forwards, bound).items()
+                  if port not in fixed}
         mirrors = self._mirrors[name]
         for port in mirrors.keys() - wanted.keys():
             log.debug("auto %s: releasing port %d", name, port)

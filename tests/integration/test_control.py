@@ -107,6 +107,32 @@ def test_forwards_added_and_removed_at_run_time(
     assert from_remote(topology, HOST_V4) == "refused"
 
 
+@pytest.mark.usefixtures("server")
+def test_run_time_forwards_with_the_default_auto_forwarding(
+    pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
+    topology: sandbox.Topology, tmp_path: Path,
+) -> None:
+    """No -t/-u/-T/-U given: pasta's default, ``auto`` for all four. A fixed forward added
+    at run time is not refused as overlapping it; on a port ``auto`` mirrors already, it
+    takes the port over, and ``auto`` mirrors it again once it is removed."""
+    control = tmp_path / "control.sock"
+    pasta_net.start(["--config-net", "-c", str(control)])
+    container.wait_for_address(HOST_V4)
+    mirrored = CONTAINER_PORT  # the container's server, mirrored by -t auto
+    sandbox.wait_until(lambda: from_remote(topology, HOST_V4, mirrored) == "HELLO",
+                       sandbox.START_TIMEOUT, "-t auto mirroring the container's port")
+
+    fid = ctl(pasta_net, control, "add", "-t", f"{HOST_PORT}:{CONTAINER_PORT}").strip()
+    assert from_remote(topology, HOST_V4) == "HELLO"
+    over = ctl(pasta_net, control, "add", "-t", str(mirrored)).strip()
+    assert from_remote(topology, HOST_V4, mirrored) == "HELLO"
+    ctl(pasta_net, control, "remove", over)
+    sandbox.wait_until(lambda: from_remote(topology, HOST_V4, mirrored) == "HELLO",
+                       sandbox.START_TIMEOUT, "-t auto mirroring the port again")
+    ctl(pasta_net, control, "remove", fid)
+    assert from_remote(topology, HOST_V4) == "refused"
+
+
 @pytest.fixture
 def host_server() -> Iterator[subprocess.Popen[bytes]]:
     """The upper-casing server on the sandbox host's port HOST_PORT, both families."""
