@@ -86,7 +86,7 @@ def parse_state(data: bytes) -> State:
         raise HookError(f"OCI state on stdin is larger than {MAX_STATE_BYTES} bytes")
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, a huge int
         raise HookError(f"malformed OCI state on stdin: {exc}") from None
     if not isinstance(doc, dict):
         raise HookError("malformed OCI state on stdin: not a JSON object")

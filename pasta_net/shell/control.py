@@ -280,8 +280,10 @@ async def _native_client(stream: trio.SocketStream, controller: Controller) -> N
     buffer = bytearray()
     while True:
         data = b""
-        with trio.move_on_after(IDLE_TIMEOUT):
+        with trio.move_on_after(IDLE_TIMEOUT) as idle:
             data = await stream.receive_some(_RECV_SIZE)
+        if idle.cancelled_caught:
+            return  # silent too long: a line it began is no request
         if not data:  # end of input (a last line without its line end still counts)
             if buffer.strip():
                 await _send(stream, controller.handle_line(bytes(buffer)) + b"\n")

@@ -74,6 +74,8 @@ BAD_STATES = [
     (state_json(annotations=["x"]), "'annotations' must map strings to strings"),
     (state_json(annotations={"a": 1}), "'annotations' must map strings to strings"),
     (b" " * (oci_hook.MAX_STATE_BYTES + 1), "larger than"),
+    (b"[" * 50_000 + b"]" * 50_000, "malformed OCI state on stdin"),  # too deep to parse
+    (b'{"pid": ' + b"9" * 5000 + b"}", "malformed OCI state on stdin"),  # too long an int
 ]
 
 

@@ -273,6 +273,20 @@ async def test_slirp_socket_one_request_per_connection(tmp_path: Path,
 
 
 @pytest.mark.usefixtures("short_timeouts")
+async def test_a_line_left_unfinished_by_a_silent_client_is_not_run(
+        tmp_path: Path, controller: Controller) -> None:
+    path = tmp_path / "ctl"
+    async with trio.open_nursery() as nursery:
+        await open_control(str(path), None, controller, nursery)
+        stream = await connect(path)
+        await stream.send_all(b'{"command":"add","option":"-t","spec":"8080"}')
+        with trio.fail_after(2):
+            assert await read_all(stream) == b"", "dropped after IDLE_TIMEOUT, unanswered"
+        assert list(controller.forwards) == [], "and nothing was added"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.usefixtures("short_timeouts")
 async def test_silent_and_flooding_clients_are_dropped(tmp_path: Path,
                                                        controller: Controller) -> None:
     native, api = tmp_path / "ctl", tmp_path / "api"
