@@ -422,6 +422,8 @@ class Hub:
                 return
             except OSError as exc:
                 self.execute(engine.socket_failed(flow, exc.errno or 0, self.now()))
+                if flow not in self.sockets:  # a ping flow ends with its error
+                    return
                 continue
             if divert is not None and divert(data, peer[:2]):
                 continue
