@@ -122,6 +122,13 @@ class Engine:
         as a source (it may have configured itself by SLAAC), else the planned one."""
         return self._seen.get(version) or (self.plan.addr4 if version == 4 else self.plan.addr6)
 
+    def inbound_target(self, peer: bytes, to_addr: bytes | None) -> bytes | None:
+        """Where an inbound flow from ``peer`` goes: the forward's target address
+        (``-t 8080:10.0.0.5/80``), else :meth:`ns_address`; None across families."""
+        if to_addr is not None:
+            return to_addr if len(to_addr) == len(peer) else None
+        return self.ns_address(4 if len(peer) == 4 else 6)
+
     def new_flow_id(self) -> int:
         return next(self._ids)
 

@@ -573,14 +573,14 @@ class TcpTable:
             self.failed(conn.flow, 0, conn.last_progress, actions)
 
     def accepted(
-        self, flow: int, client: tuple[str, int], ns_port: int, now: float
+        self, flow: int, client: tuple[str, int], ns_port: int, now: float,
+        to_addr: bytes | None = None,
     ) -> list[Action]:
-        """A ``-t`` listener accepted ``client``: open the connection towards the namespace."""
+        """A ``-t`` listener accepted ``client``: open the connection towards the namespace,
+        at ``to_addr`` if the forward names one."""
         engine = self.engine
         peer = engine.config.mapping.apparent_source(client[0])
-        ns_addr = None
-        if peer is not None:
-            ns_addr = engine.ns_address(4 if len(peer) == 4 else 6)
+        ns_addr = engine.inbound_target(peer, to_addr) if peer is not None else None
         actions: list[Action] = []
         if peer is None or ns_addr is None or not self._make_room(now, actions):
             log.info("cannot forward TCP connection from %s:%d", *client)

@@ -198,12 +198,14 @@ class UdpTable:
         client: tuple[str, int],
         now: float,
         actions: list[Action],
+        to_addr: bytes | None = None,
     ) -> None:
-        """A datagram from ``client`` arrived on the ``-u`` listener socket ``listener``."""
+        """A datagram from ``client`` arrived on the ``-u`` listener socket ``listener``
+        (whose forward goes to ``to_addr``, if it names a target address)."""
         key = (listener, client[0], client[1])
         flow = self._inbound.get(key)
         if flow is None:
-            flow = self._open_inbound(listener, ns_port, client, now)
+            flow = self._open_inbound(listener, ns_port, client, now, to_addr)
             if flow is None:
                 self.engine.drop("unmappable", f"udp source {client[0]}")
                 return
@@ -211,13 +213,14 @@ class UdpTable:
         self._to_namespace(flow, data, actions)
 
     def _open_inbound(
-        self, listener: int, ns_port: int, client: tuple[str, int], now: float
+        self, listener: int, ns_port: int, client: tuple[str, int], now: float,
+        to_addr: bytes | None,
     ) -> UdpFlow | None:
         engine = self.engine
         peer = engine.config.mapping.apparent_source(client[0])
         if peer is None:
             return None
-        ns_addr = engine.ns_address(4 if len(peer) == 4 else 6)
+        ns_addr = engine.inbound_target(peer, to_addr)
         if ns_addr is None:
             return None
         # The namespace may have a flow with this client already, from its own port

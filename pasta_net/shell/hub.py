@@ -127,7 +127,7 @@ class Hub:
         self._ping_warned = False
         self.spare = SpareFd()
         """Lets listeners refuse connections when we are out of fds (shell/reserve.py)."""
-        self._udp_listeners: dict[int, int] = {}
+        self._udp_listeners: dict[int, tuple[int, bytes | None]] = {}
         self.now: Callable[[], float] = trio.current_time
         """The time on trio's clock; :meth:`run` binds the clock's own method, since
         ``trio.current_time()`` is three calls deep and the hot path asks several times
@@ -315,11 +315,13 @@ class Hub:
         )
 
     def register_udp_listener(self, flow: int, sock: socket.socket, ns_port: int,
-                              divert: Callable[[bytes, tuple], bool] | None = None) -> None:
-        """A ``-u`` listener: datagrams from clients start inbound UDP flows, except
-        those ``divert(data, client)`` takes (returns True for: the loopback relay's)."""
+                              divert: Callable[[bytes, tuple], bool] | None = None,
+                              to_addr: bytes | None = None) -> None:
+        """A ``-u`` listener: datagrams from clients start inbound UDP flows (to
+        ``to_addr`` if given, else the namespace's address), except those
+        ``divert(data, client)`` takes (returns True for: the loopback relay's)."""
         self.sockets[flow] = sock
-        self._udp_listeners[flow] = ns_port
+        self._udp_listeners[flow] = (ns_port, to_addr)
         if divert is not None:
             self._udp_diverts[flow] = divert
         # ICMP errors about what we send to clients: unconnected, it gets them queued
@@ -411,9 +413,9 @@ class Hub:
         if sock is None:
             return
         engine = self.engine
-        ns_port = self._udp_listeners.get(flow)
+        listener = self._udp_listeners.get(flow)  # (ns_port, to_addr) of a -u listener
         divert = self._udp_diverts.get(flow)
-        if ns_port is not None and mask & select.EPOLLERR:
+        if listener is not None and mask & select.EPOLLERR:
             self._listener_errors(flow, sock)
         for _ in range(_DGRAM_BATCH):
             try:
@@ -427,9 +429,10 @@ class Hub:
                 continue
             if divert is not None and divert(data, peer[:2]):
                 continue
-            if ns_port is not None:
+            if listener is not None:
                 actions: list[Action] = []
-                engine.udp.from_listener(flow, ns_port, data, peer[:2], self.now(), actions)
+                engine.udp.from_listener(flow, listener[0], data, peer[:2], self.now(),
+                                         actions, listener[1])
                 self.execute(actions)
             else:
                 self.execute(engine.datagram_received(flow, data, peer, self.now()))

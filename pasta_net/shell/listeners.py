@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import ipaddress
 import logging
 import select
 import socket
@@ -180,7 +181,8 @@ def _register(hub: Hub, listener: Listener, binding: Binding) -> None:
         hub.add_fd(fd, select.EPOLLIN, lambda _mask: _accept(hub, listener, handle))
     else:
         divert = binding.divert(listener) if binding.divert is not None else None
-        hub.register_udp_listener(listener.flow, listener.sock, listener.ns_port, divert)
+        hub.register_udp_listener(listener.flow, listener.sock, listener.ns_port, divert,
+                                  _packed(listener.to_addr))
 
 
 def _accept(hub: Hub, listener: Listener, handle: AcceptHandler) -> None:
@@ -205,7 +207,12 @@ def to_tap(hub: Hub, listener: Listener, conn: socket.socket, client: tuple[str,
     engine = hub.engine
     flow = engine.new_flow_id()
     hub.adopt(flow, conn, SocketKind.TCP)
-    hub.execute(engine.tcp.accepted(flow, client, listener.ns_port, hub.now()))
+    hub.execute(engine.tcp.accepted(flow, client, listener.ns_port, hub.now(),
+                                    _packed(listener.to_addr)))
+
+
+def _packed(addr: str | None) -> bytes | None:
+    return ipaddress.ip_address(addr).packed if addr is not None else None
 
 
 def close_listeners(hub: Hub, listeners: Iterable[Listener]) -> None:

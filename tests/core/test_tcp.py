@@ -413,3 +413,15 @@ def test_unacked_is_what_a_peek_from_the_head_must_skip():
     assert pb.eng.tcp.unacked(pb.flow) == 2000
     pb.eng.tcp.eof(pb.flow, now=1.0)  # the peer's FIN: ours is sent, it is no byte
     assert pb.eng.tcp.unacked(pb.flow) == 2000
+
+
+def test_inbound_connection_goes_to_the_forwards_target_address():
+    """``-t 8080:10.0.0.5/80``: the tap path too opens the connection at 10.0.0.5 (not
+    only the splice); a target of the other family cannot serve this client."""
+    eng = engine()
+    target = bytes([10, 0, 0, 5])
+    [syn] = frames_of(eng.tcp.accepted(7, ("192.0.2.50", 51000), 80, now=0.0,
+                                       to_addr=target))
+    assert (syn[IP].dst, syn[TCP].dport) == ("10.0.0.5", 80)
+    actions = eng.tcp.accepted(8, ("2001:db8:9::9", 51000), 80, now=0.0, to_addr=target)
+    assert actions == [CloseSocket(8, reset=True)]

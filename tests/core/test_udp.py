@@ -409,3 +409,12 @@ def test_a_failing_deadline_is_dropped_and_counted(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(eng.udp, "deadline", deadline)
     eng.handle_deadline(TIMEOUT)
     assert len(calls) == 2 and eng.drops["internal-error"] == 1
+
+
+def test_inbound_datagram_goes_to_the_forwards_target_address() -> None:
+    actions: list = []
+    eng = engine()
+    eng.udp.from_listener(LISTENER, 53, b"query", (REMOTE4, 33333), 0.0, actions,
+                          bytes([10, 0, 0, 5]))
+    [frame] = frames_of(actions)
+    assert (frame[IP].dst, frame[UDP].dport) == ("10.0.0.5", 53)

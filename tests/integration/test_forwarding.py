@@ -119,6 +119,31 @@ def test_host_loopback_client_path(pasta_net, container, options, seen) -> None:
     assert peer_seen(container, PORT, ("127.0.0.1", PORT)) == seen
 
 
+@pytest.mark.parametrize("options", [[], ["--no-splice"]], ids=["splice", "tap"])
+def test_forward_to_a_target_address(pasta_net, container, topology, options) -> None:
+    """``-t PORT:ADDR/PORT``: connections reach a server bound to ADDR only, whichever
+    path they take (spliced host-loopback clients, or the tap: the remote's, or all
+    with --no-splice); UDP to the same address through the tap."""
+    target = "10.0.0.5"
+    container.run(["ip", "addr", "add", f"{target}/32", "dev", "lo"])
+    spec = f"0.0.0.0/{PORT}:{target}/{PORT}"  # a target of one family: listen on one
+    start(pasta_net, container, "-t", spec, "-u", spec, *options)
+    assert peer_seen(container, PORT, ("127.0.0.1", PORT), bind=target)
+    with socket_in(container.path, socket.AF_INET, socket.SOCK_STREAM,
+                   (target, PORT)) as server:
+        topology.remote.run([sys.executable, "-c",
+                             "import socket, sys; socket.create_connection("
+                             "(sys.argv[1], int(sys.argv[2])), timeout=5).close()",
+                             HOST_V4, str(PORT)])
+        server.accept()[0].close()
+    with socket_in(container.path, socket.AF_INET, socket.SOCK_DGRAM, (target, PORT)) as udp:
+        topology.remote.run([sys.executable, "-c",
+                             "import socket, sys; socket.socket(socket.AF_INET, "
+                             "socket.SOCK_DGRAM).sendto(b'hi', (sys.argv[1], int(sys.argv[2])))",
+                             HOST_V4, str(PORT)])
+        assert udp.recvfrom(100)[0] == b"hi"
+
+
 @LOOPBACKS
 def test_spliced_256_mib_each_way_from_namespace_loopback(pasta_net, container, host_serve,
                                                            loopback) -> None:
