@@ -318,11 +318,13 @@ def _slirp_port(arguments: dict, name: str, prefix: str) -> int:
 
 
 def _slirp_addr(arguments: dict, name: str, prefix: str) -> IPAddress | None:
-    """An address argument; None when absent or empty (slirp4netns' default applies)."""
+    """An address argument; None when absent or empty (slirp4netns' default applies).
+    A zone index (``fe80::1%eth0``) is refused here, as slirp4netns refuses it, rather
+    than failing later as a bind error."""
     text = arguments.get(name)
     if text is None or text == "":
         return None
-    if isinstance(text, str):
+    if isinstance(text, str) and "%" not in text:
         try:
             return ipaddress.ip_address(text)
         except ValueError:
@@ -345,7 +347,7 @@ def _slirp_add(arguments: dict, ephemeral: PortRange) -> Request:
     listen = f"[{host_addr}]" if host_addr.version == 6 else str(host_addr)
     try:
         spec = parse_port_spec(f"{listen}/{host_port}:{guest_port}", ephemeral=ephemeral)
-    except PortSpecError:  # an address the command line cannot write (a zone index)
+    except PortSpecError:  # a spec the command line would refuse too
         raise RequestError(f"{prefix}bad arguments.host_addr") from None
     return Request(AddForward(option, spec, guest_addr), prefix)
 

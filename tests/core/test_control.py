@@ -176,6 +176,12 @@ def test_slirp4netns_error_texts(data: bytes, desc: str) -> None:
     assert slirp_error(data) == desc
 
 
+def test_a_zone_index_in_host_addr_is_a_bad_argument_not_a_bind_error() -> None:
+    assert slirp_error(b'{"execute": "add_hostfwd", "arguments": {"proto": "tcp", '
+                       b'"host_addr": "fe80::1%eth0", "host_port": 8080, "guest_port": 80}}'
+                       ) == "bad request: add_hostfwd: bad arguments.host_addr"
+
+
 def test_slirp4netns_numbers_may_be_floats_like_its_json_library_reads_them() -> None:
     request = parse_slirp(b'{"execute": "remove_hostfwd", "arguments": {"id": 4.0}}')
     assert request.command == RemoveForward(4)
