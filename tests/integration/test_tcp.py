@@ -151,3 +151,25 @@ except ConnectionRefusedError:
 """], timeout=20)
     verdict, seconds = result.stdout.decode().split()
     assert verdict == "refused" and float(seconds) < 2
+
+
+_KEEPALIVE_CLIENT = """
+import socket, sys, time
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
+time.sleep(6)  # idle: about 6 probes, any 2 unanswered in a row end the connection
+sock.sendall(b"still there")
+print(sock.recv(100).decode())
+"""
+
+
+def test_an_idle_connection_with_keepalive_survives(pasta_net, container) -> None:
+    """Keepalive probes from the namespace (Go turns them on for every connection) are
+    acknowledged; unanswered, its kernel resets the connection itself."""
+    start(pasta_net, container)
+    result = container.run([sys.executable, "-c", _KEEPALIVE_CLIENT, REMOTE_V4,
+                            str(servers.ECHO_PORT)], timeout=30)
+    assert result.stdout.decode().strip() == "still there"
