@@ -18,6 +18,7 @@ import socket
 
 import attrs
 
+from pasta_net.core.dnsname import is_domain_name
 from pasta_net.netlink import NetconfError, NetlinkHelper, NoDefaultRoute, route_socket
 
 __all__ = [
@@ -110,7 +111,7 @@ def parse_resolv_conf(
 
     Comments start with ``#`` or ``;``; invalid addresses are skipped, a ``%zone`` suffix
     is dropped; only the first :data:`_MAXNS` servers count; the last ``search`` or
-    ``domain`` line wins.
+    ``domain`` line wins, without what is no domain name (systemd-resolved's ``.``).
     """
     servers: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     search: tuple[str, ...] = ()
@@ -122,5 +123,5 @@ def parse_resolv_conf(
             with contextlib.suppress(ValueError):
                 servers.append(ipaddress.ip_address(words[1].partition("%")[0]))
         elif words[0] in ("search", "domain"):
-            search = tuple(words[1:])
+            search = tuple(name for name in words[1:] if is_domain_name(name))
     return tuple(servers), search

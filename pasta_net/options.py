@@ -39,6 +39,7 @@ from typing import TypeAlias
 import attrs
 
 from pasta_net import __version__
+from pasta_net.core.dnsname import is_domain_name
 from pasta_net.core.portspec import (
     EPHEMERAL_PORTS,
     IPAddress,
@@ -707,7 +708,7 @@ def _on_search(st: _State, arg: str) -> None:
         st.update("dns", search=(), search_disabled=True)
         return
     domains = arg.split()
-    if not domains or any(len(d) > MAX_DNAME for d in domains):
+    if not domains or not all(len(d) <= MAX_DNAME and is_domain_name(d) for d in domains):
         raise UsageError(f"Cannot use DNS search domain {arg}")
     st.update("dns", search=(*st.opts.dns.search, *domains), search_disabled=False)
 
@@ -781,7 +782,12 @@ def _path_in(part: str, field: str, limit: int, message: str) -> Handler:
 
 
 def _name(message: str) -> Callable[[str], str]:
-    return lambda arg: _bounded(arg, MAX_DNAME + 1, message)
+    """A name DHCP and DHCPv6 will send: a domain name (labels of 1 to 63 bytes)."""
+    def check(arg: str) -> str:
+        if not is_domain_name(_bounded(arg, MAX_DNAME + 1, message)):
+            raise UsageError(f"{message}: {arg}")
+        return arg
+    return check
 
 
 _HANDLERS: dict[str, Handler] = {

@@ -596,7 +596,11 @@ def test_getopt_errors_name_the_program() -> None:
         ("--map-guest-addr ff02::1", "Invalid address to remap to host: ff02::1"),
         ("--map-guest-addr x", "Invalid address to remap to host: x"),
         ("-H ''", "Invalid hostname: "),
+        (f"-H {'h' * 64}", f"Invalid hostname: {'h' * 64}"),  # a label over 63 bytes
+        ("-H a..b", "Invalid hostname: a..b"),
         (f"--fqdn {'a' * 254}", f"Invalid FQDN: {'a' * 254}"),
+        (f"--fqdn x.{'a' * 64}.example", f"Invalid FQDN: x.{'a' * 64}.example"),
+        ("-S .", "Cannot use DNS search domain ."),
         ("--userns ''", "Invalid userns: "),
         (f"--netns /{'x' * 4096}", f"Network namespace name/path /{'x' * 4096} too long"),
         ("-s /tmp/s", "-s is for passt / vhost-user mode only"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["MAX_NAME_LEN", "encode_name", "encode_names"]
+__all__ = ["MAX_NAME_LEN", "encode_name", "encode_names", "is_domain_name"]
 
 MAX_NAME_LEN = 255
 _MAX_LABEL_LEN = 63
@@ -41,6 +41,17 @@ def _labels(name: str) -> tuple[bytes, ...]:
     if sum(len(label) + 1 for label in labels) + 1 > MAX_NAME_LEN:
         raise ValueError(f"domain name {name!r} longer than {MAX_NAME_LEN} bytes")
     return labels
+
+
+def is_domain_name(name: str) -> bool:
+    """Whether ``name`` can be sent as a domain name: labels of 1 to 63 bytes, at most
+    255 bytes in all. Not the root alone: systemd-resolved writes ``search .`` when it
+    has no search domain, which means "none", and no DHCP option can carry it."""
+    try:
+        _labels(name)
+    except (ValueError, UnicodeError):
+        return False
+    return True
 
 
 def encode_name(name: str) -> bytes:

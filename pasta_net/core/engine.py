@@ -233,7 +233,8 @@ class Engine:
             raise MalformedFrame("bad-header", "icmpv6 over ipv4")
         if len(packet.l4) and packet.l4[0] in _ND_TYPES:
             if self.config.ndp and (packet.l4[0] == 135 or self.config.ra):
-                self._reply(ndp.handle_ndp(src_mac, packet, self.plan), actions)
+                self._reply(ndp.handle_ndp(src_mac, packet, self.plan, self.config.dhcpv6),
+                            actions)
             return
         self._echo(packet, now, actions)
 
@@ -347,8 +348,9 @@ class Engine:
         actions.extend(self.socket_failed(flow.flow, 0, now))
 
     def _ra_due(self, _rest: list, now: float, actions: list[Action]) -> None:
-        actions.append(SendFrames([ndp.build_router_advertisement(self.plan)]))
-        self.timers.schedule("ra", now + _RA_INTERVAL)
+        self.timers.schedule("ra", now + _RA_INTERVAL)  # first: one bad RA stops no other
+        actions.append(SendFrames([ndp.build_router_advertisement(
+            self.plan, managed=self.config.dhcpv6)]))
 
     def _tcp_due(self, rest: list, now: float, actions: list[Action]) -> None:
         self.tcp.deadline(rest[0], now, actions)

@@ -120,8 +120,10 @@ class NdpOption(enum.IntEnum):
     DNSSL = 31
 
 
-def handle_ndp(src_mac: bytes, packet: IpPacket, plan: AddressPlan) -> list[bytes]:
-    """Answer one ICMPv6 message from the namespace; only solicitations get a reply."""
+def handle_ndp(src_mac: bytes, packet: IpPacket, plan: AddressPlan,
+               managed: bool = True) -> list[bytes]:
+    """Answer one ICMPv6 message from the namespace; only solicitations get a reply.
+    ``managed``: a DHCPv6 server answers (the M and O flags of our advertisements)."""
     if len(packet.l4) < _ICMP.size:
         raise MalformedFrame("truncated", "icmpv6 header")
     icmp_type, code, _checksum = _ICMP.unpack_from(packet.l4)
@@ -132,20 +134,24 @@ def handle_ndp(src_mac: bytes, packet: IpPacket, plan: AddressPlan) -> list[byte
         raise MalformedFrame("bad-header", f"ndp hop limit {packet.hop_limit}")
     if code != 0:
         raise MalformedFrame("bad-header", f"ndp code {code}")
-    return handler(src_mac, packet, plan)
+    return handler(src_mac, packet, plan, managed)
 
 
-def _router_solicitation(src_mac: bytes, packet: IpPacket, plan: AddressPlan) -> list[bytes]:
+def _router_solicitation(src_mac: bytes, packet: IpPacket, plan: AddressPlan,
+                         managed: bool) -> list[bytes]:
     # RFC 4861 §6.1.1 validation, §6.2.6 reply.
     source_ll = _check_options(packet, _RS.size)
+    if packet.src == _UNSPECIFIED and source_ll:
+        raise MalformedFrame("bad-option", "rs from :: with source link-layer option")
+    if plan.addr6 is None:
+        return []  # no IPv6 here: a default router without a prefix is a route to nowhere
     if packet.src == _UNSPECIFIED:
-        if source_ll:
-            raise MalformedFrame("bad-option", "rs from :: with source link-layer option")
-        return [build_router_advertisement(plan)]
-    return [build_router_advertisement(plan, src_mac, packet.src)]
+        return [build_router_advertisement(plan, managed=managed)]
+    return [build_router_advertisement(plan, src_mac, packet.src, managed=managed)]
 
 
-def _neighbour_solicitation(src_mac: bytes, packet: IpPacket, plan: AddressPlan) -> list[bytes]:
+def _neighbour_solicitation(src_mac: bytes, packet: IpPacket, plan: AddressPlan,
+                            _managed: bool) -> list[bytes]:
     # RFC 4861 §7.1.1 validation.
     source_ll = _check_options(packet, _NS.size)
     target = _NS.unpack_from(packet.l4)[4]
@@ -170,7 +176,7 @@ def _neighbour_solicitation(src_mac: bytes, packet: IpPacket, plan: AddressPlan)
     return [_icmp_frame(plan, dst_mac, target, dst, message)]
 
 
-_HANDLERS: dict[int, Callable[[bytes, IpPacket, AddressPlan], list[bytes]]] = {
+_HANDLERS: dict[int, Callable[[bytes, IpPacket, AddressPlan, bool], list[bytes]]] = {
     IcmpType.ROUTER_SOLICITATION: _router_solicitation,
     IcmpType.NEIGHBOUR_SOLICITATION: _neighbour_solicitation,
 }
@@ -188,16 +194,19 @@ def _check_options(packet: IpPacket, fixed: int) -> bool:
 
 
 def build_router_advertisement(
-    plan: AddressPlan, dst_mac: bytes = ALL_NODES_MAC, dst: bytes = ALL_NODES
+    plan: AddressPlan, dst_mac: bytes = ALL_NODES_MAC, dst: bytes = ALL_NODES,
+    managed: bool = True,
 ) -> bytes:
-    """A complete Router Advertisement frame (RFC 4861 §4.2, RFC 8106) from ``our_ll6``."""
+    """A complete Router Advertisement frame (RFC 4861 §4.2, RFC 8106) from ``our_ll6``;
+    M and O set only when a DHCPv6 server answers (``managed``): otherwise clients would
+    solicit one for ever."""
     message = bytearray(
         _RA.pack(
             IcmpType.ROUTER_ADVERTISEMENT,
             0,
             0,
             _HOP_LIMIT,
-            _RA_MANAGED_OTHER,
+            _RA_MANAGED_OTHER if managed else 0,
             _ROUTER_LIFETIME,
             0,
             0,

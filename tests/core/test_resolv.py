@@ -51,3 +51,10 @@ def test_last_search_or_domain_line_wins() -> None:
 def test_tabs_and_trailing_words() -> None:
     servers, _ = parse_resolv_conf("nameserver\t198.51.100.53   # local\n")
     assert servers == (ip_address("198.51.100.53"),)
+
+
+def test_systemd_resolveds_search_dot_means_no_search_domain() -> None:
+    """systemd-resolved writes ``search .`` when it has none; sent on, the root name
+    made every DHCP, DHCPv6 and RA reply fail."""
+    assert parse_resolv_conf("nameserver 127.0.0.53\nsearch .\n")[1] == ()
+    assert parse_resolv_conf("search example.com . a..b\n")[1] == ("example.com",)

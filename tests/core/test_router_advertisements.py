@@ -77,3 +77,21 @@ def test_switches_silence_what_they_name(config: dict[str, object], answered: se
     got = {"ra" for f in frames if f.haslayer(ICMPv6ND_RA)}
     got |= {"na" for f in frames if f.haslayer(ICMPv6ND_NA)}
     assert got == answered
+
+
+def test_no_advertisement_answers_a_solicitation_without_ipv6() -> None:
+    """-4, or a host without IPv6: a default router with no prefix would only give the
+    namespace a route to nowhere."""
+    eng = wire.engine(ra=True, plan=wire.plan(addr6=None))
+    assert advertisements(eng.receive_frames([wire.wire(RS)], 10.0)) == []
+
+
+@pytest.mark.parametrize(("dhcpv6", "flags"), [(True, {"M", "O"}), (False, set())])
+def test_managed_and_other_flags_only_when_dhcpv6_answers(dhcpv6: bool, flags: set) -> None:
+    """With --no-dhcpv6, M and O would send clients soliciting a server for ever."""
+    eng = wire.engine(ra=True, dhcpv6=dhcpv6)
+    solicited = advertisements(eng.receive_frames([wire.wire(RS)], 10.0))
+    periodic = advertisements(eng.handle_deadline(20.0))
+    for ra in solicited + periodic:
+        got = {name for name, bit in (("M", ra[ICMPv6ND_RA].M), ("O", ra[ICMPv6ND_RA].O)) if bit}
+        assert got == flags
