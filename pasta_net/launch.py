@@ -40,7 +40,7 @@ from pasta_net.core.engine import Engine, EngineConfig
 from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.core.udp import IDLE_TIMEOUT as UDP_IDLE_TIMEOUT
-from pasta_net.options import IpConfig, Options, ephemeral_ports, resolve_runas
+from pasta_net.options import IpConfig, Options, UsageError, ephemeral_ports, resolve_runas
 from pasta_net.shell.control import Bound, ControlError, Controller, bind_control, serve_control
 from pasta_net.shell.follow import Follow, follow_host
 from pasta_net.shell.forwarding import Forwarding
@@ -87,7 +87,8 @@ class StartupError(Exception):
 
 
 _EXPECTED = (StartupError, netns.NetnsError, netconf.NetconfError, tun.TunError,
-             privileges.PrivilegeError, ListenError, ControlError)
+             privileges.PrivilegeError, ListenError, ControlError,
+             UsageError)  # --runas naming no user, found only when root drops to it
 
 
 def run(options: Options, prog: str, netlink: netconf.NetlinkHelper | None = None) -> int:
@@ -224,9 +225,17 @@ def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
         config = engine_config(options, plan, host, ns_mac, tap.offload)
         log.info("%s is up in %s%s", tap.name, target.name,
                  " (offloads on)" if tap.offload else "")
-        watch = gone or (lambda: netns.wait_gone(target))
+        watch = gone or _watch(options, target)
         follow = _follower(options, ns_thread, tap.name) if options.follow_host else None
         serve_frames(options, config, TapDevice(tap.fd), ready, watch, ns_thread, follow)
+
+
+def _watch(options: Options, target: netns.Target) -> Callable[[], Awaitable[object]]:
+    """What ends the service with its target: the process, or the netns file, unless
+    ``--no-netns-quit`` (which, as in pasta, keeps serving a deleted netns file)."""
+    if options.ns.no_netns_quit and target.pidfd is None:
+        return trio.sleep_forever
+    return lambda: netns.wait_gone(target)
 
 
 def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,

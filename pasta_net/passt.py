@@ -22,6 +22,7 @@ old passt's 0666, because whoever can connect gets the VM's network.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -32,6 +33,7 @@ from pasta_net import launch
 from pasta_net.core.frames import BROADCAST_MAC
 from pasta_net.netconf import NetlinkHelper
 from pasta_net.options import Options
+from pasta_net.shell.control import is_served
 from pasta_net.shell.qemu import QemuStream
 
 __all__ = ["SOCKET_TEMPLATE", "bind_socket", "qemu_hint", "run"]
@@ -81,7 +83,7 @@ def _serve(options: Options, stream: QemuStream, path: str | None,
         launch.serve_frames(options, config, stream, ready, client_gone)
     finally:
         stream.close()
-        if path is not None and not _served(path):
+        if path is not None and not is_served(path):
             with contextlib.suppress(OSError):
                 _unlink_socket(path)
 
@@ -103,7 +105,7 @@ def bind_socket(path: str | None) -> tuple[socket.socket, str]:
     candidates = [path] if path else [SOCKET_TEMPLATE.format(n) for n in
                                       range(1, SOCKET_MAX + 1)]
     for candidate in candidates:
-        if _served(candidate):
+        if is_served(candidate):
             if path:
                 raise launch.StartupError(f"Socket path {path} already in use")
             continue
@@ -116,18 +118,6 @@ def bind_socket(path: str | None) -> tuple[socket.socket, str]:
     raise launch.StartupError(f"No free socket path from {candidates[0]} to {candidates[-1]}")
 
 
-def _served(path: str) -> bool:
-    """Whether a server (or something we may not touch) is at ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
-        try:
-            probe.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        except OSError:
-            return True
-    return True
-
-
 def _unlink_socket(path: str) -> None:
     """Remove ``path`` if it is a socket file (never a file of another kind)."""
     with contextlib.suppress(FileNotFoundError):
@@ -136,11 +126,19 @@ def _unlink_socket(path: str) -> None:
 
 
 def _listen(path: str) -> socket.socket:
-    _unlink_socket(path)
+    """Bind first, and replace a socket file only when the bind finds one nobody serves:
+    unlinking before binding let two instances started together take the same path
+    (the second removed the first one's fresh socket)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)  # bind creates the file 0600: no moment with wider modes
     try:
-        sock.bind(path)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or is_served(path):
+                raise
+            _unlink_socket(path)  # left by a server that is gone
+            sock.bind(path)
         sock.listen(1)
     except OSError:
         sock.close()

@@ -60,7 +60,15 @@ from pasta_net.shell.forwards import ForwardTable
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import ListenError
 
-__all__ = ["Bound", "ControlError", "Controller", "bind_control", "open_control", "serve_control"]
+__all__ = [
+    "Bound",
+    "ControlError",
+    "Controller",
+    "bind_control",
+    "is_served",
+    "open_control",
+    "serve_control",
+]
 
 log = logging.getLogger("pasta_net.control")
 
@@ -178,7 +186,8 @@ async def open_control(control_path: str | None, api_socket: str | None,
     serve_control(bind_control(control_path, api_socket), controller, nursery)
 
 
-Bound = list[tuple[socket.socket, str, Handler]]
+Bound = list[tuple[socket.socket, str, int, Handler]]
+"""(listening socket, path, the path's inode, handler) of each control socket."""
 
 
 def bind_control(control_path: str | None, api_socket: str | None) -> Bound:
@@ -189,9 +198,12 @@ def bind_control(control_path: str | None, api_socket: str | None) -> Bound:
     for path, handler in ((control_path, _native_client), (api_socket, _slirp_client)):
         if path:
             try:
-                bound.append((_bind_unix(path), path, handler))
+                sock = _bind_unix(path)
+                # Its inode now, while we may: the socket's directory may be closed to
+                # the user we become (it says at exit whether the path is still ours).
+                bound.append((sock, path, os.stat(path).st_ino, handler))
             except ControlError:
-                for sock, _path, _handler in bound:
+                for sock, *_rest in bound:
                     sock.close()
                 raise
     return bound
@@ -199,14 +211,18 @@ def bind_control(control_path: str | None, api_socket: str | None) -> Bound:
 
 def serve_control(bound: Bound, controller: Controller, nursery: trio.Nursery) -> None:
     """Serve sockets from :func:`bind_control` in ``nursery``."""
-    for listener, path, handler in bound:
-        nursery.start_soon(_serve, listener, path, handler, controller)
+    for listener, path, inode, handler in bound:
+        nursery.start_soon(_serve, listener, path, inode, handler, controller)
 
 
 def _bind_unix(path: str) -> socket.socket:
-    """A listening socket at ``path``, mode 0600 from the start (umask, not chmod after)."""
+    """A listening socket at ``path``, mode 0600 from the start (umask, not chmod after).
+    A socket already there is replaced only if nobody serves it any more."""
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
+            if is_served(path):
+                raise ControlError(f"Failed to bind control socket {path}: "
+                                   "in use by another instance")
             os.unlink(path)  # left by an instance that died; anything else is not ours
     except FileNotFoundError:
         pass
@@ -223,9 +239,20 @@ def _bind_unix(path: str) -> socket.socket:
     return sock
 
 
-async def _serve(sock: socket.socket, path: str, handler: Handler,
+def is_served(path: str) -> bool:
+    """Whether a server (or something we may not touch) is at the UNIX socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except OSError:
+            return True
+    return True
+
+
+async def _serve(sock: socket.socket, path: str, inode: int, handler: Handler,
                  controller: Controller) -> None:
-    inode = os.stat(path).st_ino
     listener = trio.socket.from_stdlib_socket(sock)
     slots = trio.Semaphore(MAX_CONNECTIONS)
     try:

@@ -65,7 +65,6 @@ from pasta_net.options import Options
 from pasta_net.shell.forwards import ForwardTable
 from pasta_net.shell.hub import Hub
 from pasta_net.shell.listeners import (
-    TAP,
     Binding,
     Divert,
     Listener,
@@ -175,8 +174,10 @@ class Forwarding:
         self._proc = {True: _ProcNet(self._ns_open), False: _ProcNet(_open_proc)}
         """The side an option mirrors: the namespace's for -t/-u (inbound), ours for -T/-U."""
         self._bindings = {
-            "-t": Binding(accept=self._accept_inbound) if self._splice_paths else TAP,
-            "-u": Binding(divert=self._inbound_divert) if self._splice_paths else TAP,
+            "-t": Binding(accept=self._accept_inbound if self._splice_paths else None,
+                          freebind=options.freebind),
+            "-u": Binding(divert=self._inbound_divert if self._splice_paths else None,
+                          freebind=options.freebind),
             "-T": Binding(new_socket=self._ns_socket, loopback=True,
                           accept=self._accept_outbound),
             "-U": Binding(new_socket=self._ns_socket, loopback=True,

@@ -61,6 +61,8 @@ class Listener:
     """The rule's target address, if it names one."""
 
 
+IP_FREEBIND = 15  # <linux/in.h>; not in Python's socket module
+
 AcceptHandler = Callable[[Listener, socket.socket, tuple[str, int]], None]
 Divert = Callable[[bytes, tuple[str, int]], bool]
 
@@ -78,6 +80,8 @@ class Binding:
     divert: Callable[[Listener], Divert] | None = None
     """UDP: the listener's divert, which takes the datagrams it returns True for
     (:meth:`Hub.register_udp_listener`)."""
+    freebind: bool = False
+    """``--freebind``: listen on an address the host does not have (yet)."""
 
 
 TAP = Binding()
@@ -103,10 +107,13 @@ def _families(addr: str | None, want4: bool, want6: bool,
 
 
 def _bind(kind: SocketKind, family: int, addr: str, port: int, iface: str | None,
-          v6only: bool = True, new_socket: SocketFactory = host_socket) -> socket.socket:
-    sock = new_socket(family, socket.SOCK_STREAM if kind is SocketKind.TCP else socket.SOCK_DGRAM)
+          v6only: bool = True, binding: Binding = TAP) -> socket.socket:
+    sock = binding.new_socket(family, socket.SOCK_STREAM if kind is SocketKind.TCP
+                              else socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if binding.freebind:  # IPv6 sockets take it too (one flag of the inet socket)
+            sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         if iface:
@@ -163,8 +170,7 @@ def bind_port(hub: Hub, forward: PortForward, port: int, kind: SocketKind, want4
     listeners: list[Listener] = []
     try:
         for family, bind_addr, v6only in _families(addr, want4, want6, binding.loopback):
-            sock = _bind(kind, family, bind_addr, port, forward.iface, v6only,
-                         binding.new_socket)
+            sock = _bind(kind, family, bind_addr, port, forward.iface, v6only, binding)
             listener = Listener(sock, kind, ns_port, hub.engine.new_flow_id(), to_addr)
             _register(hub, listener, binding)
             listeners.append(listener)

@@ -144,6 +144,15 @@ def test_forward_to_a_target_address(pasta_net, container, topology, options) ->
         assert udp.recvfrom(100)[0] == b"hi"
 
 
+def test_freebind_listens_on_an_address_the_host_does_not_have(pasta_net,
+                                                                container) -> None:
+    spec = f"192.0.2.99/{PORT}"  # on no interface of the sandbox host
+    refused = pasta_net.run_cli(["--config-net", "--netns", str(container.path), *NONE[2:],
+                                 "-t", spec])
+    assert refused.returncode == 1 and "Cannot assign requested address" in refused.stderr
+    start(pasta_net, container, "-t", spec, "--freebind")
+
+
 @LOOPBACKS
 def test_spliced_256_mib_each_way_from_namespace_loopback(pasta_net, container, host_serve,
                                                            loopback) -> None:

@@ -91,6 +91,18 @@ def test_daemon_writes_pid_file_closes_stdio_and_exits_when_netns_deleted(
     assert time.monotonic() - start <= 1.2
 
 
+def test_no_netns_quit_keeps_serving_a_deleted_netns_file(
+    pasta_net: sandbox.ProgramRunner, container: sandbox.Container
+) -> None:
+    running = pasta_net.start([*CONFIG_NET, "--no-netns-quit"])
+    container.wait_for_address(HOST_V4)
+    subprocess.run(["umount", "-l", str(container.path)], check=True)
+    container.path.unlink()
+    with pytest.raises(TimeoutError):  # still serving
+        running.wait(timeout=2)
+    assert running.stop() in (0, None)
+
+
 def test_daemon_exits_when_target_pid_dies(
     pasta_net: sandbox.ProgramRunner, container: sandbox.Container
 ) -> None:

@@ -343,3 +343,16 @@ async def test_a_stale_socket_is_replaced_but_a_file_is_not(tmp_path: Path,
             await open_control(str(regular), None, controller, nursery)
         nursery.cancel_scope.cancel()
     assert regular.read_text() == "keep me"
+
+
+async def test_a_socket_another_instance_serves_is_not_taken(tmp_path: Path,
+                                                             controller: Controller) -> None:
+    path = tmp_path / "ctl"
+    async with trio.open_nursery() as nursery:
+        await open_control(str(path), None, controller, nursery)
+        with pytest.raises(ControlError, match="in use by another instance"):
+            await open_control(str(path), None, controller, nursery)
+        stream = await connect(path)  # the first instance still answers there
+        await stream.send_all(b'{"command":"list"}\n')
+        assert json.loads(await read_line(stream, bytearray())) == {"return": {"forwards": []}}
+        nursery.cancel_scope.cancel()
