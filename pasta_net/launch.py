@@ -25,7 +25,6 @@ import fcntl
 import gc
 import ipaddress
 import logging
-import logging.handlers
 import os
 import socket
 import struct
@@ -556,12 +555,33 @@ def setup_logging(options: Options, prog: str) -> None:
     root.setLevel(level)
     formatter = logging.Formatter(f"{os.path.basename(prog)}: %(message)s")
     if opts.log_file:
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
-            opts.log_file, maxBytes=opts.log_size, backupCount=0)
+        handler: logging.Handler = CappedLog(opts.log_file, opts.log_size)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(handler)
     else:
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(formatter)
         root.addHandler(stream)
+
+
+class CappedLog(logging.StreamHandler):
+    """``-l FILE`` with ``--log-size``: a file opened once, before privileges go, and
+    emptied when the next record would take it past the size. RotatingFileHandler with
+    no backups reopens the file at each rollover, which after the drop to nobody fails
+    on root's file (logging then stops), and it never shrinks the file either."""
+
+    def __init__(self, path: str, max_bytes: int) -> None:
+        super().__init__(open(path, "a", encoding="utf-8"))  # noqa: SIM115 (closed in close)
+        self.max_bytes = max_bytes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = self.stream
+        if self.max_bytes and stream.tell() + len(self.format(record)) + 1 > self.max_bytes:
+            stream.seek(0)
+            stream.truncate()
+        super().emit(record)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
 
