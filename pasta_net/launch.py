@@ -254,7 +254,8 @@ def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
     privileges.lock_thread(keep)
     if ns is not None:
         ns.call(privileges.lock_thread, keep)
-    hub = Hub(Engine(config), device, pcap, peek_offset=_peek_offset())
+    hub = Hub(Engine(config), device, pcap, peek_offset=_peek_offset(),
+              outbound={4: _outbound(options.ip4), 6: _outbound(options.ip6)})
     # Start-up is over (cli.main turned the collector off for it): what it made lives as
     # long as we do, so later collections need not walk it again and again.
     gc.freeze()
@@ -425,6 +426,11 @@ def engine_config(options: Options, plan: AddressPlan, host: netconf.HostConfig,
         ndp=not options.no_ndp, ra=not options.no_ra,
         mapping=address_map(options, plan, host), udp_timeout=_udp_timeout(),
     )
+
+
+def _outbound(ip: IpConfig) -> tuple[str | None, str | None]:
+    """-o and --outbound-if4/6 of one family, as the hub takes them."""
+    return (str(ip.outbound) if ip.outbound is not None else None), ip.outbound_if
 
 
 def _peek_offset() -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import logging
 import mmap
 import select
@@ -105,12 +106,16 @@ class Hub:
     """Owns the tap and the host sockets of one engine; runs until cancelled."""
 
     def __init__(self, engine: Engine, tap: FrameDevice, pcap: PcapWriter | None = None,
-                 peek_offset: bool = True) -> None:
+                 peek_offset: bool = True,
+                 outbound: dict[int, tuple[str | None, str | None]] | None = None) -> None:
         self.engine = engine
         self.tap = tap
         self.pcap = pcap
         self.peek_offset = peek_offset
         """TCP sockets take ``SO_PEEK_OFF`` (:func:`peek_offset_works`)."""
+        self.outbound = outbound or {}
+        """``-o`` and ``--outbound-if4/6`` by IP version: (source address, interface)
+        of the sockets we open towards anything but the host's loopback."""
         self.traffic = Traffic()
         self.epoll = select.epoll()
         self.epoll.register(tap.fd, select.EPOLLIN)
@@ -257,8 +262,9 @@ class Hub:
         self.sockets[action.flow] = sock
         self._fd_flow[sock.fileno()] = action.flow
         try:
+            source = self._bind_outbound(sock, action)
             opener = _OPENERS[action.kind]
-            opener(self, sock, action)
+            opener(self, sock, action, source)
         except OSError as exc:
             self._forget(action.flow)
             sock.close()
@@ -275,7 +281,20 @@ class Hub:
             log.debug("flow %d: cannot open %s socket: %s", action.flow, action.kind.value, exc)
         self.execute(self.engine.open_failed(action.flow, exc.errno or 0, self.now()))
 
-    def _open_tcp(self, sock: socket.socket, action: OpenSocket) -> None:
+    def _bind_outbound(self, sock: socket.socket, action: OpenSocket) -> str:
+        """Apply ``-o``/``--outbound-if*`` to a new socket; the source address to bind
+        ("" for any). Not towards the host's loopback (``--map-host-loopback``), which
+        no other interface reaches."""
+        addr, iface = self.outbound.get(action.family, (None, None))
+        if ipaddress.ip_address(action.remote[0]).is_loopback:
+            return ""
+        if iface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+        if addr and action.kind is not SocketKind.UDP:  # UDP binds with its port below
+            sock.bind((addr, 0))
+        return addr or ""
+
+    def _open_tcp(self, sock: socket.socket, action: OpenSocket, _source: str) -> None:
         if self.peek_offset:
             sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -285,12 +304,12 @@ class Hub:
         self._connecting.add(action.flow)
         self._watch(sock, _TCP_EVENTS, self._tcp_event)
 
-    def _open_dgram(self, sock: socket.socket, action: OpenSocket) -> None:
+    def _open_dgram(self, sock: socket.socket, action: OpenSocket, source: str) -> None:
         if action.local is not None:
             try:
-                sock.bind(action.local)
+                sock.bind((source, action.local[1]))
             except OSError:
-                sock.bind((action.local[0], 0))
+                sock.bind((source, 0))
         if action.kind is SocketKind.UDP:
             sock.connect(action.remote)
         self._watch(sock, _DGRAM_EVENTS, self._dgram_event)
@@ -607,7 +626,7 @@ class Hub:
         return max(0, sndbuf - queued)
 
 
-_OPENERS: dict[SocketKind, Callable[[Hub, socket.socket, OpenSocket], None]] = {
+_OPENERS: dict[SocketKind, Callable[[Hub, socket.socket, OpenSocket, str], None]] = {
     SocketKind.TCP: Hub._open_tcp,
     SocketKind.UDP: Hub._open_dgram,
     SocketKind.PING: Hub._open_dgram,

@@ -173,3 +173,62 @@ def test_an_idle_connection_with_keepalive_survives(pasta_net, container) -> Non
     result = container.run([sys.executable, "-c", _KEEPALIVE_CLIENT, REMOTE_V4,
                             str(servers.ECHO_PORT)], timeout=30)
     assert result.stdout.decode().strip() == "still there"
+
+
+_WHO = """
+import socket, sys
+with socket.create_server((sys.argv[1], int(sys.argv[2]))) as srv:
+    print("listening", flush=True)
+    conn, peer = srv.accept()
+    print(peer[0], flush=True)
+    conn.close()
+"""
+
+
+@pytest.fixture
+def second_host_address(topology: sandbox.Topology) -> Iterator[str]:
+    """198.51.100.3 on the sandbox host's uplink too, for -o to pick."""
+    sandbox.run_command(["ip", "addr", "add", "198.51.100.3/24", "dev", "up0"])
+    try:
+        yield "198.51.100.3"
+    finally:
+        sandbox.run_command(["ip", "addr", "del", "198.51.100.3/24", "dev", "up0"],
+                            check=False)
+
+
+def test_outbound_address(pasta_net, container, topology, second_host_address) -> None:
+    """-o picks the source address of connections out."""
+    pasta_net.start(["--config-net", "-t", "none", *NO_AUTO, "-o", second_host_address])
+    container.wait_for_address(HOST_V4)
+    server = topology.remote.popen([sys.executable, "-c", _WHO, REMOTE_V4,
+                                    str(FORWARDED + 5)], stdout=sandbox.subprocess.PIPE)
+    try:
+        assert server.stdout.readline() == b"listening\n"
+        container.run([sys.executable, "-c", "import socket, sys; socket.create_connection("
+                       "(sys.argv[1], int(sys.argv[2])), timeout=5).close()",
+                       REMOTE_V4, str(FORWARDED + 5)])
+        assert server.stdout.readline().decode().strip() == second_host_address
+    finally:
+        sandbox.stop_popen(server)
+
+
+def test_outbound_interface(pasta_net, container) -> None:
+    """--outbound-if4 binds connections out to that interface: one the remote cannot
+    be reached through makes them fail, where they would succeed."""
+    pasta_net.start(["--config-net", "-t", "none", *NO_AUTO, "--outbound-if4", "lo"])
+    container.wait_for_address(HOST_V4)
+    result = container.run([sys.executable, "-c", f"""
+import socket
+try:
+    socket.create_connection(("{REMOTE_V4}", {servers.ECHO_PORT}), timeout=5)
+    print("connected")
+except OSError as exc:
+    print("failed", exc.errno)
+"""])
+    assert result.stdout.decode().startswith("failed")
+    result = container.run([sys.executable, "-c", f"""
+import socket
+socket.create_connection(("{REMOTE_V6}", {servers.ECHO_PORT}), timeout=5).close()
+print("connected")
+"""])
+    assert result.stdout.decode().strip() == "connected", "IPv6 is not bound to lo"
