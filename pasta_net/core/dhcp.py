@@ -23,7 +23,8 @@ Theory of operation — the rules this file keeps:
 * **Option order.** 53, 54, 61 (echoed, RFC 6842), 51 and 1 come first — the subnet
   mask must precede the router (RFC 2132 §3.3) — then what the client listed in its
   parameter request list (option 55) in its order, then the rest by code. Every
-  configured option is sent, requested or not, as pasta does.
+  configured option is sent, requested or not, as pasta does. A gateway outside the
+  client's subnet (a /32 address) comes with option 121 routes to reach it.
 * **Size.** Replies fit the client's maximum message size (option 57, else the 576
   bytes every client takes, RFC 2131 §2): the search list (option 119) is cut to the
   room left, on a name boundary; an option that still does not fit is left out. Long
@@ -143,6 +144,8 @@ class Option(enum.IntEnum):
     """RFC 4702."""
     DOMAIN_SEARCH = 119
     """RFC 3397."""
+    CLASSLESS_ROUTES = 121
+    """RFC 3442."""
     END = 255
 
 
@@ -381,6 +384,12 @@ def _configuration(plan: AddressPlan) -> list[tuple[int, bytes]]:
     """Every option the plan configures besides the search list, in code order."""
     assert plan.gw4 is not None
     options: list[tuple[int, bytes]] = [(Option.ROUTER, plan.gw4)]
+    if not _on_link(plan.addr4, plan.gw4, plan.prefix4):
+        # A /32 host address (many cloud and VPS hosts) has its gateway off the subnet:
+        # a route to the gateway itself, then the default route through it (RFC 3442,
+        # which clients then prefer to option 3; as pasta does).
+        options.append((Option.CLASSLESS_ROUTES,
+                        bytes((32,)) + plan.gw4 + _ON_LINK + bytes((0,)) + plan.gw4))
     if plan.dns4:
         options.append((Option.DNS, b"".join(plan.dns4)))
     if plan.hostname:
@@ -394,6 +403,18 @@ def _configuration(plan: AddressPlan) -> list[tuple[int, bytes]]:
     if plan.fqdn:
         options.append((Option.FQDN, _FQDN_HEAD + encode_name(plan.fqdn)))
     return options
+
+
+_ON_LINK = bytes(4)
+"""A router of 0.0.0.0 in option 121: the destination is on the link itself."""
+
+
+def _on_link(addr: bytes | None, gw: bytes, prefix: int) -> bool:
+    """Whether ``gw`` is inside the subnet of ``addr``/``prefix``."""
+    if addr is None:
+        return True  # no address, no server: nothing to route
+    differ = int.from_bytes(addr, "big") ^ int.from_bytes(gw, "big")
+    return differ & int.from_bytes(_netmask(prefix), "big") == 0
 
 
 def _netmask(prefix: int) -> bytes:

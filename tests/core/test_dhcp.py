@@ -407,3 +407,17 @@ def test_bad_configured_names_are_our_mistake(name: str) -> None:
 
 def test_non_ascii_names_go_through_idna() -> None:
     assert encode_name("bücher.example") == b"\x0dxn--bcher-kva\x07example\x00"
+
+
+def test_a_gateway_outside_a_32_address_comes_with_classless_routes() -> None:
+    """A /32 host address (cloud and VPS hosts): the router is off the subnet, and
+    udhcpc's `route add default gw` fails. Option 121 gives a route to the gateway and
+    the default route through it (RFC 3442); a gateway inside the subnet needs none."""
+    plan = wire.plan(addr4=wire.packed("192.0.2.10"), prefix4=32,
+                     gw4=wire.packed("198.51.100.1"))
+    offer = only(serve(client(("message-type", "discover")), plan))
+    assert option(offer, "subnet_mask") == "255.255.255.255"
+    routes = option(offer, "classless_static_routes")
+    assert routes == ["198.51.100.1/32:0.0.0.0", "0.0.0.0/0:198.51.100.1"]
+    plain = only(serve(client(("message-type", "discover"))))
+    assert "classless_static_routes" not in option_names(plain)
