@@ -47,6 +47,15 @@ def test_arp_for_namespace_own_address_gets_no_answer():
     assert engine().receive_frames([arp_request(NS4, sender="0.0.0.0")], now=0.0) == []
 
 
+def test_address_probes_are_answered_only_for_the_gateway():
+    """RFC 5227 probes (sender 0.0.0.0): a client trying an IPv4 link-local or a static
+    address must not find it taken; the gateway is taken."""
+    eng = engine()
+    assert eng.receive_frames([arp_request("169.254.3.4", sender="0.0.0.0")], now=0.0) == []
+    [reply] = eng.receive_frames([arp_request(GW4, sender="0.0.0.0")], now=0.0)
+    assert decode(reply.frames[0])[ARP].op == 2
+
+
 def test_truncated_arp_is_dropped_and_counted():
     eng = engine()
     assert eng.receive_frames([arp_request(GW4)[:30]], now=0.0) == []
