@@ -184,16 +184,18 @@ def _run_command(options: Options, netlink: netconf.NetlinkHelper) -> int:
         _write_pid_file(pid_file)
         spawned.release()
 
-    async def command_exits() -> None:
+    async def command_exits() -> str:
         pidfd = os.pidfd_open(spawned.pid)  # readable once the command has exited
         try:
             await trio.lowlevel.wait_readable(pidfd)
         finally:
             os.close(pidfd)
         status.append(spawned.wait())
+        return f"command exited with status {status[0]}"
 
     try:
-        _serve(options, spawned.target, ready, netlink, gone=command_exits)
+        _serve(options, spawned.target, ready, netlink, gone=command_exits,
+               forward=lambda signum: os.kill(spawned.pid, signum))
     except _EXPECTED as exc:
         log.error("%s", exc)
         os.kill(spawned.pid, 9)
@@ -211,7 +213,8 @@ def _resolve(options: Options) -> netns.Target:
 
 
 def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
-           netlink: netconf.NetlinkHelper, gone: Callable | None = None) -> None:
+           netlink: netconf.NetlinkHelper, gone: Callable | None = None,
+           forward: Callable[[int], None] | None = None) -> None:
     host = read_host(options, netlink)
     plan = address_plan(options, host)
     netns.join_userns_if_needed(target)
@@ -226,7 +229,8 @@ def _serve(options: Options, target: netns.Target, ready: Callable[[], None],
                  " (offloads on)" if tap.offload else "")
         watch = gone or _watch(options, target)
         follow = _follower(options, ns_thread, tap.name) if options.follow_host else None
-        serve_frames(options, config, TapDevice(tap.fd), ready, watch, ns_thread, follow)
+        serve_frames(options, config, TapDevice(tap.fd), ready, watch, ns_thread, follow,
+                     forward)
 
 
 def _watch(options: Options, target: netns.Target) -> Callable[[], Awaitable[object]]:
@@ -239,12 +243,14 @@ def _watch(options: Options, target: netns.Target) -> Callable[[], Awaitable[obj
 
 def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
                  ready: Callable[[], None], gone: Callable[[], Awaitable[object]],
-                 ns: netns.NetnsThread | None = None, follow: Follow | None = None) -> None:
+                 ns: netns.NetnsThread | None = None, follow: Follow | None = None,
+                 forward: Callable[[int], None] | None = None) -> None:
     """Drop privileges, bind the forwards, run the engine on ``device`` until ``gone()``
     returns or a signal arrives: what pasta and passt mode share once their device is open.
 
     ``ns`` (pasta mode) opens the namespace's sockets for splicing, -T/-U and ``auto``;
-    ``follow`` is ``--follow-host`` (pasta mode).
+    ``follow`` is ``--follow-host`` (pasta mode); ``forward`` sends signals to a command
+    we spawned (shell/run.py).
     """
     # created while we still may: real root becomes nobody just below
     pcap = PcapWriter(options.pcap) if options.pcap else None
@@ -261,7 +267,7 @@ def serve_frames(options: Options, config: EngineConfig, device: FrameDevice,
     gc.freeze()
     gc.enable()
     try:
-        run_trio(serve, hub, gone, ready, _forwarder(options, control, ns, follow))
+        run_trio(serve, hub, gone, ready, _forwarder(options, control, ns, follow), forward)
     finally:
         if pcap is not None:
             pcap.close()

@@ -26,11 +26,17 @@ async def serve(
     gone: Callable[[], Awaitable[object]],
     ready: Callable[[], None],
     setup: Callable[[Hub, trio.Nursery], Awaitable[None]] | None = None,
+    forward: Callable[[int], None] | None = None,
 ) -> str:
     """Run until ``gone()`` returns or a terminating signal arrives; return why we stopped.
 
     ``setup`` runs once the hub is serving (listeners, auto-forward scanners) and before
     ``ready()``, which tells whoever started us that the namespace is usable.
+
+    ``forward`` (a command we spawned): SIGTERM and SIGHUP go to the command instead,
+    whose exit ends us through ``gone()``; SIGINT is the command's alone, since a
+    terminal's Ctrl-C reaches its whole foreground group: a shell that ignores it at its
+    prompt must not lose its network.
     """
     reason = "cancelled"
     try:
@@ -50,6 +56,10 @@ async def serve(
                 async def watch_signals() -> None:
                     nonlocal reason
                     async for signum in signals:
+                        if forward is not None:
+                            if signum != signal.SIGINT:
+                                forward(signum)
+                            continue
                         reason = f"signal {signal.Signals(signum).name}"
                         nursery.cancel_scope.cancel()
                         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +65,29 @@ def test_spawned_command_gets_network_and_its_exit_status(
               f"ping -c 1 -W 5 {REMOTE_V6} >/dev/null || exit 92; exit 7")
     result = pasta_net.run_cli([*CONFIG_NET, "--", "sh", "-c", script], timeout=30)
     assert result.returncode == 7, result.stderr
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 3), (signal.SIGTERM, 143)])
+def test_signals_in_command_mode_are_the_commands(
+    pasta_net: sandbox.ProgramRunner, signum: int, status: int
+) -> None:
+    """Ctrl-C reaches the terminal's whole foreground group: a command that ignores it
+    (a shell at its prompt) keeps its network. SIGTERM goes on to the command, and its
+    end is ours, with its status."""
+    script = ("import signal, socket, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+              "time.sleep(1.5)\n"
+              "try:\n    socket.if_nametoindex('up0')\nexcept OSError:\n    sys.exit(90)\n"
+              "sys.exit(3)")
+    process = subprocess.Popen([*pasta_net.command, *CONFIG_NET, "--", sys.executable, "-c",
+                                script],
+                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=sandbox.program_env())
+    try:
+        time.sleep(0.8)
+        process.send_signal(signum)
+        assert process.wait(timeout=10) == status
+    finally:
+        sandbox.stop_popen(process)
 
 
 def test_address_and_gateway_options(
