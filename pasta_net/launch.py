@@ -98,6 +98,9 @@ def run(options: Options, prog: str, netlink: netconf.NetlinkHelper | None = Non
     """
     own_process(options, netlink)
     setup_logging(options, prog)
+    if options.fd is not None:  # pasta's pre-opened tap: we create the tap ourselves
+        log.error("-F/--fd (a pre-opened tap device) is not supported in pasta mode")
+        return 1
     if netlink is None:
         netlink = netconf.NetlinkHelper.start()
         netlink.ask_host(*options.host_query)
@@ -206,8 +209,9 @@ def _run_command(options: Options, netlink: netconf.NetlinkHelper) -> int:
 
 # ------------------------------------------------------------------- serving --
 def _resolve(options: Options) -> netns.Target:
-    if options.pid is not None:
-        return netns.resolve_target(options.pid, None, None, options.ns.netns_only)
+    if options.pid is not None:  # --userns names another user namespace than the PID's
+        return netns.resolve_target(options.pid, None, options.ns.userns,
+                                    options.ns.netns_only)
     return netns.resolve_target(None, options.ns.netns, options.ns.userns,
                                 options.ns.netns_only)
 

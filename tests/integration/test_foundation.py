@@ -127,6 +127,19 @@ def test_no_netns_quit_keeps_serving_a_deleted_netns_file(
     assert running.stop() in (0, None)
 
 
+@pytest.mark.parametrize("container", [True], indirect=True)
+def test_userns_with_a_pid_is_the_user_namespace_joined(
+    pasta_net: sandbox.ProgramRunner, container: sandbox.Container, tmp_path: Path
+) -> None:
+    """--userns overrides the PID's own user namespace: the right one attaches, one
+    that is no user namespace is an error (it used to be ignored)."""
+    bogus = pasta_net.run_cli([*CONFIG_NET, "--userns", "/etc/hostname", str(container.pid)])
+    assert bogus.returncode == 1 and "not a user namespace" in bogus.stderr
+    pasta_net.start([*CONFIG_NET, "--userns", f"/proc/{container.pid}/ns/user"],
+                    attach="pid")
+    container.wait_for_address(HOST_V4)
+
+
 def test_daemon_exits_when_target_pid_dies(
     pasta_net: sandbox.ProgramRunner, container: sandbox.Container
 ) -> None:
@@ -174,6 +187,7 @@ def test_pcap_records_frames_both_ways(
         (["--no-such-option"], "unrecognized option '--no-such-option'"),
         (["-t"], "requires an argument"),
         (["-t", "8000-7000"], "8000-7000"),
+        (["-F", "0", "--netns", "/nonexistent"], "not supported in pasta mode"),
     ],
 )
 def test_bad_input_gets_a_message_and_exit_1(
