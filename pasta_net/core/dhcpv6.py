@@ -20,7 +20,9 @@ Theory of operation — the rules this file keeps:
 * **IAs** (§21.4): the first IA_NA gets ``plan.addr6``; other IA_NAs, and all of them
   without an address, carry status NoAddrsAvail. Addresses the client lists that are
   not ours come back with lifetimes 0 (§18.3.4), so a lease from an earlier plan goes
-  away at once. IA_TA and IA_PD are not served.
+  away at once. IA_TA and IA_PD are not served: each comes back with status
+  NoAddrsAvail or NoPrefixAvail (§21.5, §21.21), without which clients that ask only
+  for a prefix (odhcp6c, systemd-networkd) wait for one for ever.
 * **Configuration** goes in every reply, requested or not: DNS servers (option 23,
   RFC 3646), the domain list (24, uncompressed, RFC 8415 §10) and the FQDN (39,
   RFC 4704).
@@ -120,6 +122,7 @@ class Option(enum.IntEnum):
     CLIENT_ID = 1
     SERVER_ID = 2
     IA_NA = 3
+    IA_TA = 4
     IA_ADDRESS = 5
     PREFERENCE = 7
     STATUS_CODE = 13
@@ -130,6 +133,7 @@ class Option(enum.IntEnum):
     """RFC 3646."""
     FQDN = 39
     """RFC 4704."""
+    IA_PD = 25
 
 
 class StatusCode(enum.IntEnum):
@@ -138,6 +142,7 @@ class StatusCode(enum.IntEnum):
     SUCCESS = 0
     NO_ADDRS_AVAIL = 2
     NOT_ON_LINK = 4
+    NO_PREFIX_AVAIL = 6
 
 
 @attrs.frozen
@@ -159,6 +164,10 @@ class Dhcpv6Message:
     server_id: bytes | None
     ia_na: tuple[IaNa, ...]
     rapid_commit: bool
+    ia_ta: tuple[bytes, ...] = ()
+    """IAIDs of its IA_TA options."""
+    ia_pd: tuple[bytes, ...] = ()
+    """IAIDs of its IA_PD options."""
 
 
 def server_duid(plan: AddressPlan) -> bytes:
@@ -175,6 +184,8 @@ def parse_message(message: memoryview) -> Dhcpv6Message:
     msg_type, transaction_id = _HEADER.unpack_from(message)
     client_id = server_id = None
     ia_na: list[IaNa] = []
+    ia_ta: list[bytes] = []
+    ia_pd: list[bytes] = []
     rapid_commit = False
     for code, value in _options(message[_HEADER.size :]):
         match code:
@@ -184,9 +195,20 @@ def parse_message(message: memoryview) -> Dhcpv6Message:
                 server_id = _duid(server_id, value, "server")
             case Option.IA_NA:
                 ia_na.append(_parse_ia_na(value))
+            case Option.IA_TA:
+                ia_ta.append(_iaid(value, 4, "IA_TA"))
+            case Option.IA_PD:
+                ia_pd.append(_iaid(value, _IA_NA.size, "IA_PD"))  # IAID, T1, T2 as IA_NA
             case Option.RAPID_COMMIT:
                 rapid_commit = True
-    return Dhcpv6Message(msg_type, transaction_id, client_id, server_id, tuple(ia_na), rapid_commit)
+    return Dhcpv6Message(msg_type, transaction_id, client_id, server_id, tuple(ia_na),
+                         rapid_commit, tuple(ia_ta), tuple(ia_pd))
+
+
+def _iaid(value: memoryview, size: int, what: str) -> bytes:
+    if len(value) < size:
+        raise MalformedFrame("truncated", f"dhcpv6 {what}")
+    return bytes(value[:4])
 
 
 def _options(data: memoryview) -> Iterable[tuple[int, memoryview]]:
@@ -333,7 +355,7 @@ _RULES: dict[int, _Rule] = {
 
 
 def _assign(request: Dhcpv6Message, plan: AddressPlan) -> _Body:
-    """One IA_NA option per IA_NA the client sent (RFC 8415 §21.4)."""
+    """One IA option per IA the client sent (RFC 8415 §21.4): addresses in IA_NA only."""
     replies = []
     for index, ia in enumerate(request.ia_na):
         # §18.3.4: addresses that are not ours are returned with lifetimes 0.
@@ -349,6 +371,12 @@ def _assign(request: Dhcpv6Message, plan: AddressPlan) -> _Body:
             inner.append(_status(StatusCode.NO_ADDRS_AVAIL, "one address per client"))
             renew = 0
         replies.append((Option.IA_NA, _IA_NA.pack(ia.iaid, renew, renew) + _encode(inner)))
+    for iaid in request.ia_ta:
+        replies.append((Option.IA_TA, iaid + _encode(
+            [_status(StatusCode.NO_ADDRS_AVAIL, "no temporary addresses")])))
+    for iaid in request.ia_pd:
+        replies.append((Option.IA_PD, _IA_NA.pack(iaid, 0, 0) + _encode(
+            [_status(StatusCode.NO_PREFIX_AVAIL, "no prefix delegation")])))
     return replies
 
 

@@ -23,6 +23,7 @@ from scapy.layers.dhcp6 import (
     DHCP6OptElapsedTime,
     DHCP6OptIA_NA,
     DHCP6OptIA_PD,
+    DHCP6OptIA_TA,
     DHCP6OptIAAddress,
     DHCP6OptOptReq,
     DHCP6OptPref,
@@ -180,11 +181,16 @@ def test_without_an_ipv6_address_every_ia_has_no_address() -> None:
     assert advertise[DHCP6OptIA_NA].T1 == 0
 
 
-def test_ia_pd_is_not_served() -> None:
-    advertise = only(serve(client(DHCP6_Solicit(), CLIENT_ID, DHCP6OptIA_PD(iaid=1))))
+def test_ia_pd_and_ia_ta_get_their_status_not_silence() -> None:
+    """A client asking only for a prefix (odhcp6c, networkd) must hear that none comes."""
+    advertise = only(serve(client(DHCP6_Solicit(), CLIENT_ID, DHCP6OptIA_PD(iaid=7),
+                                  DHCP6OptIA_TA(iaid=8))))
 
     assert not advertise.haslayer(DHCP6OptIA_NA)
-    assert not advertise.haslayer(DHCP6OptIA_PD)
+    pd, ta = advertise[DHCP6OptIA_PD], advertise[DHCP6OptIA_TA]
+    assert (pd.iaid, pd.T1, pd.T2, ta.iaid) == (7, 0, 0, 8)
+    assert pd[DHCP6OptStatusCode].statuscode == dhcpv6.StatusCode.NO_PREFIX_AVAIL
+    assert ta[DHCP6OptStatusCode].statuscode == dhcpv6.StatusCode.NO_ADDRS_AVAIL
 
 
 # -- CONFIRM, RELEASE, DECLINE, INFORMATION-REQUEST ----------------------------------------
