@@ -286,8 +286,8 @@ class Hub:
         ("" for any). Not towards the host's loopback (``--map-host-loopback``), which
         no other interface reaches."""
         addr, iface = self.outbound.get(action.family, (None, None))
-        if ipaddress.ip_address(action.remote[0]).is_loopback:
-            return ""
+        if not (addr or iface) or ipaddress.ip_address(action.remote[0]).is_loopback:
+            return ""  # the common case first: no address to parse per connection
         if iface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
         if addr and action.kind is not SocketKind.UDP:  # UDP binds with its port below
