@@ -77,12 +77,13 @@ def host_serve() -> Iterator[Callable[[int, str], None]]:
         sandbox.stop_popen(process)
 
 
-def upload_and_download(host: str, port: int, netns: sandbox.Netns | None = None) -> None:
-    """BIG bytes to the sink at ``port`` and BIG bytes from the source at ``port + 1``."""
-    up = transfer(["upload", host, str(port), str(BIG)], netns)
-    assert (up["peer_got"], up["peer_sha"]) == (BIG, up["sent_sha"])
-    down = transfer(["download", host, str(port + 1), str(BIG)], netns)
-    assert (down["got"], down["got_sha"]) == (BIG, down["expected_sha"])
+def upload_and_download(host: str, port: int, netns: sandbox.Netns | None = None,
+                        size: int = BIG) -> None:
+    """``size`` bytes to the sink at ``port`` and from the source at ``port + 1``."""
+    up = transfer(["upload", host, str(port), str(size)], netns)
+    assert (up["peer_got"], up["peer_sha"]) == (size, up["sent_sha"])
+    down = transfer(["download", host, str(port + 1), str(size)], netns)
+    assert (down["got"], down["got_sha"]) == (size, down["expected_sha"])
 
 
 # ---------------------------------------------------------------- splice --
@@ -391,4 +392,96 @@ def test_sigterm_closes_listeners_and_spliced_connections(pasta_net, container) 
             pass
     with socket_in(container.path, socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", PORT + 1)):
         pass
+
+
+# ------------------------------------------------- local mode (an offline host) --
+# pasta used to refuse to start without a default route ("External interface not
+# usable", podman #23566), which kept rootless containers from starting offline; since
+# 2024 it gives the namespace link-local addresses instead, and so do we. The fixture
+# takes the sandbox host's default routes away; the remote stays reachable on-link but
+# cannot be answered, so every transfer here runs between the namespace and the host.
+LOCAL_V4, LOCAL_GATEWAY_V4 = "169.254.2.1", "169.254.2.2"
+LOCAL_SIZE = 8 << 20
+FOLLOW_DEADLINE = 2.0
+
+
+@pytest.fixture
+def offline_host(topology: sandbox.Topology) -> Iterator[None]:
+    """The sandbox host without its default routes for the test."""
+    sandbox.run_command(["ip", "route", "del", "default"])
+    sandbox.run_command(["ip", "-6", "route", "del", "default"])
+    try:
+        yield
+    finally:
+        sandbox.run_command(["ip", "route", "replace", "default", "via", sandbox.GATEWAY_V4])
+        sandbox.run_command(["ip", "-6", "route", "replace", "default", "via",
+                             sandbox.GATEWAY_V6])
+
+
+def start_offline(pasta_net: sandbox.ProgramRunner, container: sandbox.Container,
+                  *args: str) -> sandbox.Running:
+    """pasta-net with --config-net on the offline host; the namespace in local mode."""
+    running = pasta_net.start(["--config-net", "-u", "none", "-U", "none", "-T", "none", *args])
+    address = container.wait_for_address(LOCAL_V4)
+    assert str(address.interface) == f"{LOCAL_V4}/16"
+    assert address.ifname == "tap0", "pasta's name when there is no host interface to copy"
+    assert {r.gateway for r in container.routes() if r.dst == "default"} == {LOCAL_GATEWAY_V4}
+    assert not [a for a in container.addresses()
+                if a.interface.version == 6 and a.interface.is_global]
+    return running
+
+
+@pytest.mark.usefixtures("offline_host")
+def test_offline_host_gives_link_local_addresses_that_reach_the_host(
+    pasta_net, container, host_serve
+) -> None:
+    """The gateway address is the host's loopback; an inbound forward reaches the
+    namespace's local address, spliced."""
+    running = start_offline(pasta_net, container, "-t", f"{PORT}-{PORT + 1}")
+    assert "switch to local mode" in running.stderr
+    host_serve(PORT + 10, "sink")
+    host_serve(PORT + 11, "source")
+    upload_and_download(LOCAL_GATEWAY_V4, PORT + 10, container, LOCAL_SIZE)  # tap path
+    serve(container, PORT, "sink")
+    serve(container, PORT + 1, "source")
+    upload_and_download("127.0.0.1", PORT, None, LOCAL_SIZE)  # spliced
+
+
+@pytest.mark.usefixtures("offline_host")
+def test_forwards_without_splice_reach_the_local_address(pasta_net, container) -> None:
+    start_offline(pasta_net, container, "--no-splice", "-t", f"{PORT}-{PORT + 1}")
+    serve(container, PORT, "sink")
+    serve(container, PORT + 1, "source")
+    upload_and_download("127.0.0.1", PORT, None, LOCAL_SIZE)
+
+
+@pytest.mark.usefixtures("offline_host")
+def test_a_named_interface_is_not_replaced_by_local_mode(pasta_net) -> None:
+    """-i names the template: missing, it is an error (pasta's too); present, it is
+    copied even without a default route."""
+    args = ["--config-net", "-t", "none", "-u", "none", "-T", "none", "-U", "none"]
+    result = pasta_net.run_cli([*args, "-i", "eth9", "--", "true"], timeout=30)
+    assert result.returncode == 1
+    assert "External interface not usable: No such interface: eth9" in result.stderr
+    script = f"ip -o addr show up0 | grep -q {HOST_V4}/24"
+    result = pasta_net.run_cli([*args, "-i", "up0", "--", "sh", "-c", script], timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.usefixtures("offline_host")
+def test_follow_host_leaves_local_mode_when_the_network_comes(pasta_net, container) -> None:
+    """A late network (boot, resume, a cable): the host's default route appears and the
+    namespace takes the host's address and gateway, and reaches the remote."""
+    start_offline(pasta_net, container, "-t", "none", "--follow-host")
+    sandbox.run_command(["ip", "route", "replace", "default", "via", sandbox.GATEWAY_V4])
+    sandbox.run_command(["ip", "-6", "route", "replace", "default", "via", sandbox.GATEWAY_V6])
+
+    def online() -> bool:
+        addresses = {str(a.interface.ip) for a in container.addresses()}
+        gateways = {r.gateway for r in container.routes() if r.dst == "default"}
+        return {HOST_V4, HOST_V6} <= addresses and sandbox.GATEWAY_V4 in gateways
+    sandbox.wait_until(online, FOLLOW_DEADLINE, "the namespace leaving local mode")
+
+    assert LOCAL_V4 not in {str(a.interface.ip) for a in container.addresses()}
+    container.run(["ping", "-c", "1", "-W", "5", sandbox.REMOTE_V4])
 
