@@ -21,11 +21,13 @@ an error, whose text the child has already written to the shared stderr.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import struct
 import sys
@@ -187,23 +189,28 @@ def _run_command(options: Options, netlink: netconf.NetlinkHelper) -> int:
         _write_pid_file(pid_file)
         spawned.release()
 
+    pidfd = os.pidfd_open(spawned.pid)  # readable once the command has exited
+
     async def command_exits() -> str:
-        pidfd = os.pidfd_open(spawned.pid)  # readable once the command has exited
-        try:
-            await trio.lowlevel.wait_readable(pidfd)
-        finally:
-            os.close(pidfd)
+        await trio.lowlevel.wait_readable(pidfd)
         status.append(spawned.wait())
         return f"command exited with status {status[0]}"
 
+    def forward(signum: int) -> None:
+        """Through the pidfd: never to another process that got the pid since; a
+        command that exited as the signal came is no error."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signum)
+
     try:
-        _serve(options, spawned.target, ready, netlink, gone=command_exits,
-               forward=lambda signum: os.kill(spawned.pid, signum))
+        _serve(options, spawned.target, ready, netlink, gone=command_exits, forward=forward)
     except _EXPECTED as exc:
         log.error("%s", exc)
         os.kill(spawned.pid, 9)
         spawned.wait()
         return 1
+    finally:
+        os.close(pidfd)
     return status[0] if status else 1
 
 

@@ -59,35 +59,38 @@ def read_host(interface: str | None, want4: bool, want6: bool) -> dict[str, obje
     }
 
 
-def _default_nexthops(ipr: IPRoute, family: int) -> list[tuple[int, bytes | None]]:
+def _default_nexthops(ipr: IPRoute, family: int) -> list[tuple[int | None, bytes | None]]:
     """``(oif, gateway)`` of each unicast default route in the main table, in kernel order
-    (lowest metric first); a multipath route gives one pair per nexthop."""
-    hops: list[tuple[int, bytes | None]] = []
+    (lowest metric first); a multipath route gives one pair per nexthop. The oif is None
+    for a route through a nexthop object (RTA_NH_ID), which we do not resolve."""
+    hops: list[tuple[int | None, bytes | None]] = []
     for route in ipr.get_default_routes(family=family):
         if route["type"] != _RTN_UNICAST:
             continue
         for hop in route.get("multipath") or [route]:
-            if hop.get("oif") is None:  # via a nexthop object (RTA_NH_ID): not resolved
-                continue
             gateway = hop.get("gateway")
             hops.append((hop.get("oif"), _pack(gateway) if gateway else None))
     return hops
 
 
 def _pick_interface(
-    ipr: IPRoute, interface: str | None, hops: list[tuple[int, bytes | None]]
+    ipr: IPRoute, interface: str | None, hops: list[tuple[int | None, bytes | None]]
 ) -> int:
     if interface is not None:
         found = ipr.link_lookup(ifname=interface)
         if not found:
             raise NetconfError(f"No such interface: {interface}")
         return int(found[0])
-    if not hops:
-        raise NoDefaultRoute("No interfaces with usable default routes")
-    return int(hops[0][0])
+    oif = next((oif for oif, _gw in hops if oif is not None), None)
+    if oif is not None:
+        return oif
+    if hops:  # online, but we cannot tell through which interface: not local mode
+        raise NetconfError("Default routes through nexthop objects only: name the "
+                           "interface to copy with -i")
+    raise NoDefaultRoute("No interfaces with usable default routes")
 
 
-def _gateway_on(hops: list[tuple[int, bytes | None]], index: int) -> bytes | None:
+def _gateway_on(hops: list[tuple[int | None, bytes | None]], index: int) -> bytes | None:
     return next((gw for oif, gw in hops if oif == index and gw), None)
 
 

@@ -348,6 +348,8 @@ class Engine:
         actions.extend(self.socket_failed(flow.flow, 0, now))
 
     def _ra_due(self, _rest: list, now: float, actions: list[Action]) -> None:
+        if self.plan.addr6 is None:  # gone with --follow-host: no router to announce
+            return
         self.timers.schedule("ra", now + _RA_INTERVAL)  # first: one bad RA stops no other
         actions.append(SendFrames([ndp.build_router_advertisement(
             self.plan, managed=self.config.dhcpv6)]))

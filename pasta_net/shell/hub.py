@@ -86,6 +86,7 @@ _ERRQUEUE_CMSG = frozenset({(socket.SOL_IP, IP_RECVERR), (socket.IPPROTO_IPV6, I
 _EE_ERRNO = struct.Struct("=I")  # struct sock_extended_err starts with ee_errno
 _FREE_SPACE_QUERY = 16384
 UDP_SEGMENT = 103  # <linux/udp.h>; not in Python's socket module
+IP_BIND_ADDRESS_NO_PORT = 24  # <linux/in.h>; not in Python's socket module
 _GSO_SIZE = struct.Struct("=H")
 
 
@@ -291,6 +292,9 @@ class Hub:
         if iface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
         if addr and action.kind is not SocketKind.UDP:  # UDP binds with its port below
+            # the port comes with connect(), per destination: a bind alone would take
+            # one from the ephemeral range for every connection
+            sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((addr, 0))
         return addr or ""
 

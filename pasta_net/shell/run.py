@@ -34,9 +34,10 @@ async def serve(
     ``ready()``, which tells whoever started us that the namespace is usable.
 
     ``forward`` (a command we spawned): SIGTERM and SIGHUP go to the command instead,
-    whose exit ends us through ``gone()``; SIGINT is the command's alone, since a
-    terminal's Ctrl-C reaches its whole foreground group: a shell that ignores it at its
-    prompt must not lose its network.
+    whose exit ends us through ``gone()``; a second one ends us (an interactive shell
+    ignores SIGTERM). SIGINT is the command's alone, since a terminal's Ctrl-C reaches
+    its whole foreground group: a shell that ignores it at its prompt must not lose its
+    network.
     """
     reason = "cancelled"
     try:
@@ -55,10 +56,12 @@ async def serve(
 
                 async def watch_signals() -> None:
                     nonlocal reason
+                    forwarded = False
                     async for signum in signals:
-                        if forward is not None:
+                        if forward is not None and (signum == signal.SIGINT or not forwarded):
                             if signum != signal.SIGINT:
                                 forward(signum)
+                                forwarded = True
                             continue
                         reason = f"signal {signal.Signals(signum).name}"
                         nursery.cancel_scope.cancel()

@@ -95,3 +95,12 @@ def test_managed_and_other_flags_only_when_dhcpv6_answers(dhcpv6: bool, flags: s
     for ra in solicited + periodic:
         got = {name for name, bit in (("M", ra[ICMPv6ND_RA].M), ("O", ra[ICMPv6ND_RA].O)) if bit}
         assert got == flags
+
+
+def test_advertisements_stop_when_the_host_loses_ipv6() -> None:
+    """--follow-host to a plan without IPv6: no more default-router announcements."""
+    eng = wire.engine(ra=True)
+    assert advertisements(eng.handle_deadline(0.0))
+    eng.replan(wire.plan(addr6=None), eng.config.mapping, 10.0)
+    assert advertisements(eng.handle_deadline(301.0)) == []
+    assert eng.next_deadline() is None

@@ -90,6 +90,29 @@ def test_signals_in_command_mode_are_the_commands(
         sandbox.stop_popen(process)
 
 
+def test_a_second_sigterm_ends_us_when_the_command_ignores_the_first(
+    pasta_net: sandbox.ProgramRunner,
+) -> None:
+    """An interactive shell ignores SIGTERM: `kill pasta-net` twice still ends pasta-net
+    (the command goes on without network, as the user asked)."""
+    script = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "print(os.getpid(), flush=True); time.sleep(30)")
+    process = subprocess.Popen([*pasta_net.command, *CONFIG_NET, "--", sys.executable, "-c",
+                                script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=sandbox.program_env())
+    assert process.stdout is not None
+    command = int(process.stdout.readline())
+    try:
+        process.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 1
+    finally:
+        os.kill(command, signal.SIGKILL)
+        sandbox.stop_popen(process)
+
+
 def test_address_and_gateway_options(
     pasta_net: sandbox.ProgramRunner, container: sandbox.Container
 ) -> None:

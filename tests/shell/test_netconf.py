@@ -133,6 +133,33 @@ def test_read_host_multipath_takes_the_first_nexthop(
             os.close(tap.fd)
 
 
+@pytest.mark.parametrize("compat", [1, 0])
+def test_read_host_default_route_through_a_nexthop_object(
+    holder: subprocess.Popen[str], target: netns.Target, compat: int
+) -> None:
+    """With nexthop_compat_mode (the default) the route still names its interface; without
+    it, it does not, and the host is online: an error asking for -i, not local mode."""
+    with netns.in_netns(target):
+        tap = open_tap("up0")
+    try:
+        for command in (
+            f"sysctl -qw net.ipv4.nexthop_compat_mode={compat}",
+            "ip link set up0 up",
+            "ip addr add 198.51.100.2/24 dev up0",
+            "ip nexthop add id 7 via 198.51.100.1 dev up0",
+            "ip route add default nhid 7",
+        ):
+            ns_run(holder.pid, command)
+        with netns.in_netns(target):
+            if compat:
+                assert read_host(None, want4=True, want6=False).ifname == "up0"
+            else:
+                with pytest.raises(NetconfError, match="name the interface to copy with -i"):
+                    read_host(None, want4=True, want6=False)
+    finally:
+        os.close(tap.fd)
+
+
 def test_read_host_without_default_route(target: netns.Target) -> None:
     """The one failure that means local mode, not an error (launch.read_host)."""
     with netns.in_netns(target), pytest.raises(NoDefaultRoute, match="No interfaces with usable"):
