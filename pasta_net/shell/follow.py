@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import math
 import socket
 from collections.abc import Callable
 
@@ -38,12 +39,14 @@ from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.netconf import Addressing, HostConfig, NetconfError, NoDefaultRoute
 
-__all__ = ["SETTLE", "Follow", "follow_host"]
+__all__ = ["RETRY", "SETTLE", "Follow", "follow_host"]
 
 log = logging.getLogger("pasta_net.follow")
 
 SETTLE = 0.1
 """Seconds to let a burst of netlink notifications finish before reading the host."""
+RETRY = 10.0
+"""Seconds before a move of the namespace that failed is tried again, if nothing changes."""
 _RTMGRP_IPV4_IFADDR = 0x10
 _RTMGRP_IPV4_ROUTE = 0x40
 _RTMGRP_IPV6_IFADDR = 0x100
@@ -67,7 +70,8 @@ async def follow_host(follow: Follow, engine: Engine,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Watch the host until cancelled; started once the netlink socket is subscribed."""
     # What the namespace interface has, per family. The engine takes a new plan at once;
-    # a move of the interface that failed is tried again at the next update.
+    # a move of the interface that failed is tried again, at the next change or after
+    # RETRY, whichever comes first (a stable host sends no change).
     applied = [_v4(engine.plan), _v6(engine.plan)]
     with _monitor() as sock:
         task_status.started()
@@ -75,9 +79,12 @@ async def follow_host(follow: Follow, engine: Engine,
         # coming up while we started, local mode's case) sends no notification now.
         await _update(follow, engine, applied)
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            await trio.sleep(SETTLE)
-            _drain(sock)
+            pending = follow.reconfigure is not None and applied != [_v4(engine.plan),
+                                                                      _v6(engine.plan)]
+            with trio.move_on_after(RETRY if pending else math.inf):
+                await trio.lowlevel.wait_readable(sock)
+                await trio.sleep(SETTLE)
+                _drain(sock)
             await _update(follow, engine, applied)
 
 

@@ -15,6 +15,7 @@ import trio
 from pasta_net.core.mapping import AddressMap
 from pasta_net.core.plan import AddressPlan
 from pasta_net.netconf import LOCAL_MODE, Addressing, HostConfig, NetconfError, NoDefaultRoute
+from pasta_net.shell import follow as follow_module
 from pasta_net.shell.follow import Follow, _update, follow_host
 
 ONLINE = HostConfig(ifname="up0", mac=None, mtu=1500, addr4=bytes([198, 51, 100, 2]),
@@ -88,3 +89,24 @@ async def test_a_failed_move_of_the_namespace_is_tried_again() -> None:
     assert moves == [(local, online), (local, online)] and applied[0] == online
     await _update(follow, engine, applied)
     assert len(moves) == 2, "nothing left to do"
+
+
+async def test_a_failed_move_is_tried_again_on_a_quiet_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No netlink notification comes on a stable host: the retry comes from a timer."""
+    monkeypatch.setattr(follow_module, "RETRY", 0.2)
+    engine = RecordingEngine(plan_for(LOCAL_MODE))
+    moves: list[tuple[Addressing, Addressing]] = []
+
+    def reconfigure(old: Addressing, new: Addressing) -> None:
+        moves.append((old, new))
+        if len(moves) == 1:
+            raise NetconfError("busy")
+
+    follow = Follow(read_host=lambda: ONLINE, reconfigure=reconfigure,
+                    replan=lambda host, old: (plan_for(host), AddressMap()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(follow_host, follow, engine)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert len(moves) == 2, "tried again once, then settled"
