@@ -66,10 +66,9 @@ async def test_an_unreadable_host_changes_nothing(error: NetconfError) -> None:
     assert engine.replans == []
 
 
-async def test_a_failed_move_of_the_namespace_is_tried_again() -> None:
-    """The engine takes the new plan at once; the interface, whose move failed, is moved
-    at the next update, from the addressing it still has."""
-    engine = RecordingEngine(plan_for(LOCAL_MODE))
+def failing_once() -> tuple[Follow, list[tuple[Addressing, Addressing]]]:
+    """Following an online host with a namespace move that fails the first time; the
+    moves tried."""
     moves: list[tuple[Addressing, Addressing]] = []
 
     def reconfigure(old: Addressing, new: Addressing) -> None:
@@ -77,8 +76,15 @@ async def test_a_failed_move_of_the_namespace_is_tried_again() -> None:
         if len(moves) == 1:
             raise NetconfError("Failed to add address 198.51.100.2/24 to tap0: busy")
 
-    follow = Follow(read_host=lambda: ONLINE, reconfigure=reconfigure,
-                    replan=lambda host, old: (plan_for(host), AddressMap()))
+    return Follow(read_host=lambda: ONLINE, reconfigure=reconfigure,
+                  replan=lambda host, old: (plan_for(host), AddressMap())), moves
+
+
+async def test_a_failed_move_of_the_namespace_is_tried_again() -> None:
+    """The engine takes the new plan at once; the interface, whose move failed, is moved
+    at the next update, from the addressing it still has."""
+    engine = RecordingEngine(plan_for(LOCAL_MODE))
+    follow, moves = failing_once()
     local = Addressing(LOCAL_MODE.addr4, 16, LOCAL_MODE.gw4)
     online = Addressing(ONLINE.addr4, 24, ONLINE.gw4)
     applied = [local, Addressing(None, 64, None)]
@@ -96,15 +102,7 @@ async def test_a_failed_move_is_tried_again_on_a_quiet_host(
     """No netlink notification comes on a stable host: the retry comes from a timer."""
     monkeypatch.setattr(follow_module, "RETRY", 0.2)
     engine = RecordingEngine(plan_for(LOCAL_MODE))
-    moves: list[tuple[Addressing, Addressing]] = []
-
-    def reconfigure(old: Addressing, new: Addressing) -> None:
-        moves.append((old, new))
-        if len(moves) == 1:
-            raise NetconfError("busy")
-
-    follow = Follow(read_host=lambda: ONLINE, reconfigure=reconfigure,
-                    replan=lambda host, old: (plan_for(host), AddressMap()))
+    follow, moves = failing_once()
     async with trio.open_nursery() as nursery:
         await nursery.start(follow_host, follow, engine)
         await trio.sleep(1.0)

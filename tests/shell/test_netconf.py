@@ -6,6 +6,7 @@ sandbox addresses of DESIGN.md §4), never at the machine's own interfaces.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -111,26 +112,33 @@ def test_read_host_ipv4_only_by_name(fake_host: int, target: netns.Target) -> No
     )
 
 
+@contextlib.contextmanager
+def dressed(holder: subprocess.Popen[str], target: netns.Target, taps: list[str],
+            commands: list[str]) -> Iterator[None]:
+    """The holder namespace with ``taps`` and ``commands`` run in it, for a read_host."""
+    with netns.in_netns(target):
+        opened = [open_tap(name) for name in taps]
+    try:
+        for command in commands:
+            ns_run(holder.pid, command)
+        yield
+    finally:
+        for tap in opened:
+            os.close(tap.fd)
+
+
 def test_read_host_multipath_takes_the_first_nexthop(
     holder: subprocess.Popen[str], target: netns.Target
 ) -> None:
-    with netns.in_netns(target):
-        taps = [open_tap("up0"), open_tap("up1")]
-    try:
-        for command in (
-            "ip link set up0 up",
-            "ip link set up1 up",
-            "ip addr add 198.51.100.2/24 dev up0",
-            "ip addr add 192.0.2.2/24 dev up1",
-            "ip route add default nexthop via 198.51.100.1 dev up0 nexthop via 192.0.2.1 dev up1",
-        ):
-            ns_run(holder.pid, command)
-        with netns.in_netns(target):
-            host = read_host(None, want4=True, want6=False)
-        assert (host.ifname, host.gw4) == ("up0", ip("198.51.100.1"))
-    finally:
-        for tap in taps:
-            os.close(tap.fd)
+    with dressed(holder, target, ["up0", "up1"], [
+        "ip link set up0 up",
+        "ip link set up1 up",
+        "ip addr add 198.51.100.2/24 dev up0",
+        "ip addr add 192.0.2.2/24 dev up1",
+        "ip route add default nexthop via 198.51.100.1 dev up0 nexthop via 192.0.2.1 dev up1",
+    ]), netns.in_netns(target):
+        host = read_host(None, want4=True, want6=False)
+    assert (host.ifname, host.gw4) == ("up0", ip("198.51.100.1"))
 
 
 @pytest.mark.parametrize("compat", [1, 0])
@@ -139,25 +147,18 @@ def test_read_host_default_route_through_a_nexthop_object(
 ) -> None:
     """With nexthop_compat_mode (the default) the route still names its interface; without
     it, it does not, and the host is online: an error asking for -i, not local mode."""
-    with netns.in_netns(target):
-        tap = open_tap("up0")
-    try:
-        for command in (
-            f"sysctl -qw net.ipv4.nexthop_compat_mode={compat}",
-            "ip link set up0 up",
-            "ip addr add 198.51.100.2/24 dev up0",
-            "ip nexthop add id 7 via 198.51.100.1 dev up0",
-            "ip route add default nhid 7",
-        ):
-            ns_run(holder.pid, command)
-        with netns.in_netns(target):
-            if compat:
-                assert read_host(None, want4=True, want6=False).ifname == "up0"
-            else:
-                with pytest.raises(NetconfError, match="name the interface to copy with -i"):
-                    read_host(None, want4=True, want6=False)
-    finally:
-        os.close(tap.fd)
+    with dressed(holder, target, ["up0"], [
+        f"sysctl -qw net.ipv4.nexthop_compat_mode={compat}",
+        "ip link set up0 up",
+        "ip addr add 198.51.100.2/24 dev up0",
+        "ip nexthop add id 7 via 198.51.100.1 dev up0",
+        "ip route add default nhid 7",
+    ]), netns.in_netns(target):
+        if compat:
+            assert read_host(None, want4=True, want6=False).ifname == "up0"
+        else:
+            with pytest.raises(NetconfError, match="name the interface to copy with -i"):
+                read_host(None, want4=True, want6=False)
 
 
 def test_read_host_without_default_route(target: netns.Target) -> None:
