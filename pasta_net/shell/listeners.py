@@ -59,6 +59,11 @@ class Listener:
     """Engine id of a UDP listener (datagrams from clients go out through it)."""
     to_addr: str | None = None
     """The rule's target address, if it names one."""
+    target: bytes | None = attrs.field(init=False)
+    """``to_addr`` packed, as the engine takes it: parsed once, not per connection."""
+
+    def __attrs_post_init__(self) -> None:
+        self.target = ipaddress.ip_address(self.to_addr).packed if self.to_addr else None
 
 
 IP_FREEBIND = 15  # <linux/in.h>; not in Python's socket module
@@ -188,7 +193,7 @@ def _register(hub: Hub, listener: Listener, binding: Binding) -> None:
     else:
         divert = binding.divert(listener) if binding.divert is not None else None
         hub.register_udp_listener(listener.flow, listener.sock, listener.ns_port, divert,
-                                  _packed(listener.to_addr))
+                                  listener.target)
 
 
 def _accept(hub: Hub, listener: Listener, handle: AcceptHandler) -> None:
@@ -214,11 +219,7 @@ def to_tap(hub: Hub, listener: Listener, conn: socket.socket, client: tuple[str,
     flow = engine.new_flow_id()
     hub.adopt(flow, conn, SocketKind.TCP)
     hub.execute(engine.tcp.accepted(flow, client, listener.ns_port, hub.now(),
-                                    _packed(listener.to_addr)))
-
-
-def _packed(addr: str | None) -> bytes | None:
-    return ipaddress.ip_address(addr).packed if addr is not None else None
+                                    listener.target))
 
 
 def close_listeners(hub: Hub, listeners: Iterable[Listener]) -> None:

@@ -58,11 +58,13 @@ async def serve(
                     nonlocal reason
                     forwarded = False
                     async for signum in signals:
-                        if forward is not None and (signum == signal.SIGINT or not forwarded):
-                            if signum != signal.SIGINT:
+                        if forward is not None:
+                            if signum == signal.SIGINT:
+                                continue  # the command's alone
+                            if not forwarded:
                                 forward(signum)
                                 forwarded = True
-                            continue
+                                continue
                         reason = f"signal {signal.Signals(signum).name}"
                         nursery.cancel_scope.cancel()
                         return
