@@ -22,18 +22,15 @@ old passt's 0666, because whoever can connect gets the VM's network.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 import socket
-import stat
 from collections.abc import Callable
 
 from pasta_net import launch
 from pasta_net.core.frames import BROADCAST_MAC
 from pasta_net.netconf import NetlinkHelper
 from pasta_net.options import Options
-from pasta_net.shell.control import is_served
+from pasta_net.shell.control import is_served, listen_unix, unlink_socket
 from pasta_net.shell.qemu import QemuStream
 
 __all__ = ["SOCKET_TEMPLATE", "bind_socket", "qemu_hint", "run"]
@@ -85,7 +82,7 @@ def _serve(options: Options, stream: QemuStream, path: str | None,
         stream.close()
         if path is not None and not is_served(path):
             with contextlib.suppress(OSError):
-                _unlink_socket(path)
+                unlink_socket(path)
 
 
 def qemu_hint(path: str) -> str:
@@ -110,42 +107,12 @@ def bind_socket(path: str | None) -> tuple[socket.socket, str]:
                 raise launch.StartupError(f"Socket path {path} already in use")
             continue
         try:
-            return _listen(candidate), candidate
+            return listen_unix(candidate, 1), candidate
         except OSError as exc:
             if path:
                 raise launch.StartupError(
                     f"Unable to bind socket {path}: {exc.strerror}") from None
     raise launch.StartupError(f"No free socket path from {candidates[0]} to {candidates[-1]}")
-
-
-def _unlink_socket(path: str) -> None:
-    """Remove ``path`` if it is a socket file (never a file of another kind)."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-
-
-def _listen(path: str) -> socket.socket:
-    """Bind first, and replace a socket file only when the bind finds one nobody serves:
-    unlinking before binding let two instances started together take the same path
-    (the second removed the first one's fresh socket)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old_umask = os.umask(0o177)  # bind creates the file 0600: no moment with wider modes
-    try:
-        try:
-            sock.bind(path)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or is_served(path):
-                raise
-            _unlink_socket(path)  # left by a server that is gone
-            sock.bind(path)
-        sock.listen(1)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old_umask)
-    return sock
 
 
 def _adopt(fd: int) -> socket.socket:

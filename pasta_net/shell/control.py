@@ -23,6 +23,7 @@ request of bounded size), so the hub is never starved:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
@@ -66,8 +67,10 @@ __all__ = [
     "Controller",
     "bind_control",
     "is_served",
+    "listen_unix",
     "open_control",
     "serve_control",
+    "unlink_socket",
 ]
 
 log = logging.getLogger("pasta_net.control")
@@ -216,27 +219,43 @@ def serve_control(bound: Bound, controller: Controller, nursery: trio.Nursery) -
 
 
 def _bind_unix(path: str) -> socket.socket:
-    """A listening socket at ``path``, mode 0600 from the start (umask, not chmod after).
-    A socket already there is replaced only if nobody serves it any more."""
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            if is_served(path):
-                raise ControlError(f"Failed to bind control socket {path}: "
-                                   "in use by another instance")
-            os.unlink(path)  # left by an instance that died; anything else is not ours
-    except FileNotFoundError:
-        pass
+        return listen_unix(path, MAX_CONNECTIONS)
+    except OSError as exc:
+        why = ("in use by another instance" if exc.errno == errno.EADDRINUSE
+               and is_served(path) else exc.strerror)
+        raise ControlError(f"Failed to bind control socket {path}: {why}") from exc
+
+
+def listen_unix(path: str, backlog: int) -> socket.socket:
+    """A listening UNIX socket at ``path``, mode 0600 from the start (umask, not chmod
+    after). Bind first, and replace a socket file only when the bind finds one nobody
+    serves (anything else there is not ours): unlinking before binding let two
+    instances started together take the same path. Raises OSError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     mask = os.umask(0o177)
     try:
-        sock.bind(path)
-        sock.listen(MAX_CONNECTIONS)
-    except OSError as exc:
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or is_served(path):
+                raise
+            unlink_socket(path)  # left by a server that is gone
+            sock.bind(path)
+        sock.listen(backlog)
+    except OSError:
         sock.close()
-        raise ControlError(f"Failed to bind control socket {path}: {exc.strerror}") from exc
+        raise
     finally:
         os.umask(mask)
     return sock
+
+
+def unlink_socket(path: str) -> None:
+    """Remove ``path`` if it is a socket file (never a file of another kind)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
 
 
 def is_served(path: str) -> bool:
